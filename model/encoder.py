@@ -1,0 +1,335 @@
+"""The sentence encoder: token ids -> embedding (PETE or a baseline) -> pre-norm transformer ->
+masked mean pooling -> sentence vector, plus a 3-way NLI head.
+
+Read top to bottom in the order data flows: config, rotary position embedding, attention,
+feed-forward, block, encoder, pooling, heads, and ``SentenceEncoder`` (tokenizer + model +
+save/load + the inference API the service calls).
+
+Blocks are pre-norm (RMSNorm, Zhang & Sennrich 2019), attention uses RoPE (Su et al. 2021) and
+``scaled_dot_product_attention`` with a key padding mask, the feed-forward is GeGLU (Shazeer 2020).
+No dropout. Padding never reaches the pooled vector: keys at padded positions are masked out and
+pooling averages valid positions only, so extra padding leaves the embedding unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from model.embeddings import build_embedding
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+
+
+@dataclass
+class EncoderConfig:
+    """Everything needed to rebuild the model; saved as config.json.
+
+    ``nli_head``: ``"pair"`` classifies (u, v, |u-v|, u*v) of the two sentence vectors
+    (Conneau et al. 2017); ``"cross"`` encodes ``[CLS] premise [SEP] hypothesis [SEP]`` jointly.
+    """
+
+    vocab_size: int = 30522
+    dim: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 1024
+    max_len: int = 128
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    embedding: str = "fourier_geo"
+    embedding_options: dict = field(default_factory=lambda: {"mlp_hidden": 256})
+    nli_head: str = "pair"
+    nli_hidden: int = 128
+    tokenizer_kind: str = "bert"  # "bert" or "frequency"; informational
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderConfig":
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021, Eq. 34) on (B, H, T, head_dim) tensors."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
+        angles = torch.outer(t, self.inv_freq)  # (T, head_dim/2)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE and a key padding mask.
+
+    Input (B, T, d) float32 and mask (B, T) bool (True = real token); output (B, T, d).
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.n_heads:
+            raise ValueError("dim must be divisible by n_heads")
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.rotary = Rotary(cfg.dim // cfg.n_heads, cfg.rope_base)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+
+class GeGLU(nn.Module):
+    """Feed-forward GeGLU(x) = W_o (GELU(W_a x) * W_b x) (Shazeer 2020, Eq. 5): (B, T, d) -> (B, T, d)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.up(x).chunk(2, dim=-1)
+        return self.down(F.gelu(a) * b)
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then + GeGLU(RMSNorm(x)); both outputs are kept."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn = GeGLU(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.ffn(self.norm2(x))
+
+
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over time: states (B, T, d) float32, mask (B, T) bool -> (B, d).
+
+    Padding positions are excluded; a row with no valid position yields zeros.
+    """
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class Encoder(nn.Module):
+    """Token ids (B, T) int64 + attention mask (B, T) bool -> token states (B, T, d) float32."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.embedding = build_embedding(cfg.embedding, cfg.vocab_size, cfg.dim, **cfg.embedding_options)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(input_ids)
+        for block in self.blocks:
+            x = block(x, attention_mask)
+        return self.norm(x)
+
+
+class PairHead(nn.Module):
+    """NLI head on two sentence vectors: [u, v, |u-v|, u*v] (B, 4d) -> MLP -> logits (B, 3)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Linear(hidden, len(NLI_LABELS)))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat((u, v, (u - v).abs(), u * v), dim=-1))
+
+
+class CrossHead(nn.Module):
+    """NLI head on the pooled joint encoding of premise [SEP] hypothesis: (B, d) -> logits (B, 3)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(NLI_LABELS)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.mlp(pooled)
+
+
+class TokenBatch(NamedTuple):
+    """A tokenized, right-padded batch.
+
+    input_ids (B, T) int64, attention_mask (B, T) bool, truncated: one bool per row (the text was
+    longer than the token limit and was cut), lengths: real tokens per row.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    truncated: list[bool]
+    lengths: list[int]
+
+
+class SentenceEncoder(nn.Module):
+    """Tokenizer + encoder + mean pooling + NLI head: what the service loads.
+
+    Inference API (all under ``torch.inference_mode``):
+        ``encode(texts) -> (N, d) float32`` sentence vectors (not normalised),
+        ``similarity(a, b) -> (N,) float32`` cosine in [-1, 1],
+        ``predict_nli(premises, hypotheses) -> (N, 3) float32`` probabilities in
+        ``NLI_LABELS`` order (entailment, neutral, contradiction).
+    Lower level (used by the batcher and training): ``tokenize``, ``embed``, ``nli_logits``.
+    """
+
+    def __init__(self, config: EncoderConfig, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.encoder = Encoder(config)
+        head = PairHead if config.nli_head == "pair" else CrossHead
+        if config.nli_head not in ("pair", "cross"):
+            raise ValueError(f"unknown nli_head {config.nli_head!r}")
+        self.nli_head = head(config.dim, config.nli_hidden)
+        self.nli_head.apply(Encoder._init)
+        self._truncation: int | None = None
+
+    # ---- tokenization -------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], pair: Sequence[str] | None = None,
+                 max_tokens: int | None = None) -> TokenBatch:
+        """Tokenize texts (or text pairs) and right-pad to the longest row.
+
+        ``max_tokens`` (default and upper bound: ``config.max_len``) counts special tokens;
+        longer inputs are truncated (longest-first for pairs) and flagged, never rejected.
+        """
+        limit = min(max_tokens or self.config.max_len, self.config.max_len)
+        if self._truncation != limit:
+            self.tokenizer.enable_truncation(max_length=limit, strategy="longest_first")
+            self._truncation = limit
+        if pair is None:
+            encs = self.tokenizer.encode_batch(list(texts))
+        else:
+            encs = self.tokenizer.encode_batch(list(zip(texts, pair)))
+        lengths = [len(e.ids) for e in encs]
+        T = max(lengths, default=1)
+        ids = torch.zeros(len(encs), T, dtype=torch.int64)
+        for i, e in enumerate(encs):
+            ids[i, : lengths[i]] = torch.tensor(e.ids, dtype=torch.int64)
+        mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+        return TokenBatch(ids, mask, [bool(e.overflowing) for e in encs], lengths)
+
+    # ---- forward pieces -------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence vectors: ids (B, T) int64, mask (B, T) bool -> (B, d) float32 (mean pooled)."""
+        return mean_pool(self.encoder(input_ids, attention_mask), attention_mask)
+
+    def nli_logits_from(self, premises: TokenBatch, hypotheses: TokenBatch | None = None) -> torch.Tensor:
+        """NLI logits (B, 3). Pair head: two batches of single texts; cross head: one pair batch."""
+        if self.config.nli_head == "pair":
+            return self.nli_head(self.embed(premises.input_ids, premises.attention_mask),
+                                 self.embed(hypotheses.input_ids, hypotheses.attention_mask))
+        return self.nli_head(self.embed(premises.input_ids, premises.attention_mask))
+
+    def nli_logits(self, premises: Sequence[str], hypotheses: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        """Tokenize and classify: (N,) premise/hypothesis strings -> (N, 3) logits."""
+        if self.config.nli_head == "pair":
+            return self.nli_logits_from(self.tokenize(premises, max_tokens=max_tokens),
+                                        self.tokenize(hypotheses, max_tokens=max_tokens))
+        return self.nli_logits_from(self.tokenize(premises, hypotheses, max_tokens=max_tokens))
+
+    # ---- inference API --------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = False) -> torch.Tensor:
+        """Encode texts: N strings -> (N, d) float32, in batches sorted by length (order kept)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.config.dim)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            b = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.embed(b.input_ids, b.attention_mask)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.inference_mode()
+    def similarity(self, texts_a: Sequence[str], texts_b: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of paired texts: (N,) float32 in [-1, 1]."""
+        if len(texts_a) != len(texts_b):
+            raise ValueError("texts_a and texts_b differ in length")
+        return F.cosine_similarity(self.encode(texts_a), self.encode(texts_b), dim=-1)
+
+    @torch.inference_mode()
+    def predict_nli(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """NLI probabilities (N, 3) float32, columns in ``NLI_LABELS`` order; rows sum to 1."""
+        if len(premises) != len(hypotheses):
+            raise ValueError("premises and hypotheses differ in length")
+        out = [F.softmax(self.nli_logits(premises[s : s + batch_size], hypotheses[s : s + batch_size]), dim=-1)
+               for s in range(0, len(premises), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, len(NLI_LABELS))
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: total, embedding, encoder (transformer without embedding), nli_head."""
+        emb = sum(p.numel() for p in self.encoder.embedding.parameters())
+        enc = sum(p.numel() for p in self.encoder.parameters()) - emb
+        head = sum(p.numel() for p in self.nli_head.parameters())
+        return {"total": emb + enc + head, "embedding": emb, "encoder": enc, "nli_head": head}
+
+    def materialize_embeddings(self) -> bool:
+        """Precompute a PETE embedding table for inference (see ``FourierEmbedding.materialize``).
+
+        Returns True where the embedding kind supports it, False otherwise.
+        """
+        emb = self.encoder.embedding
+        if hasattr(emb, "materialize"):
+            emb.materialize()
+            return True
+        return False
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json, model.safetensors and tokenizer.json into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.tokenizer.no_truncation()
+        self._truncation = None
+        self.tokenizer.save(str(d / TOKENIZER_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SentenceEncoder":
+        """Load a directory written by ``save_pretrained``; the model is returned in eval mode.
+
+        Raises:
+            FileNotFoundError: a required file is missing.
+        """
+        d = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name} not found")
+        config = EncoderConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        model = cls(config, Tokenizer.from_file(str(d / TOKENIZER_NAME)))
+        model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        return model.eval()
