@@ -44,8 +44,11 @@ def _universal_hash_coefficients(num_hashes: int, seed: int) -> tuple[torch.Tens
     hashing is a pure function of the config.
     """
     gen = torch.Generator().manual_seed(seed)
-    a = torch.randint(1, 2**20, (num_hashes,), generator=gen, dtype=torch.int64)
-    b = torch.randint(0, 2**20, (num_hashes,), generator=gen, dtype=torch.int64)
+    # a, b over the whole field [1, P) x [0, P): small coefficients leave a*p+b < P for small ids,
+    # so "mod P" does nothing and the hash degenerates (e.g. to the id's parity for 2 buckets).
+    # a*p+b < 2**31 * 2**31 fits in int64.
+    a = torch.randint(1, _HASH_PRIME, (num_hashes,), generator=gen, dtype=torch.int64)
+    b = torch.randint(0, _HASH_PRIME, (num_hashes,), generator=gen, dtype=torch.int64)
     return a, b
 
 
@@ -114,9 +117,13 @@ class FourierEmbedding(nn.Module):
         return feats.flatten(-2).to(torch.float32)
 
     def compute(self, ids: torch.Tensor) -> torch.Tensor:
-        """E(p) = MLP(T(p)) + T(p) computed from scratch: (B, T) int64 -> (B, T, d) float32."""
-        t = self.features(ids)
-        return self.mlp(t) + t
+        """E(p) = MLP(T(p)) + T(p) computed from scratch: (B, T) int64 -> (B, T, d) float32.
+
+        The MLP runs once per distinct id in the batch (a batch repeats ids: padding, "a", ".").
+        """
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        t = self.features(uniq)
+        return F.embedding(inverse, self.mlp(t) + t)
 
     @torch.no_grad()
     def materialize(self) -> None:

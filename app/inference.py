@@ -1,0 +1,172 @@
+"""Model side of a batch: tokenizer -> encoder -> head, on the inference thread.
+
+``ModelRunner`` is the batcher's ``compute``: it turns a list of
+``WorkItem``s into one output each. Texts to embed (and, with the pair NLI head, both sides of
+every NLI pair) are tokenized together, sorted by length and split into forward passes of at most
+``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens; cross-head NLI pairs are
+tokenized jointly and encoded the same way. Every row is computed exactly as if it were alone
+(padding never reaches the pooled vector), so a result does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from app.batching import WorkItem
+from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch
+
+
+@dataclass(frozen=True)
+class EmbedOutput:
+    """Output of an ``"embed"`` item: ``vector`` (d,) float32 (not normalised), ``truncated`` (the text
+    was cut to the token limit), ``tokens`` (tokens encoded, special tokens included)."""
+
+    vector: np.ndarray
+    truncated: bool
+    tokens: int
+
+
+@dataclass(frozen=True)
+class NliOutput:
+    """Output of an ``"nli"`` item: ``probabilities`` (3,) float32 in ``NLI_LABELS`` order, summing to
+    1; ``truncated``: the premise or the hypothesis was cut; ``tokens``: tokens encoded."""
+
+    probabilities: np.ndarray
+    truncated: bool
+    tokens: int
+
+
+def model_nbytes(model: torch.nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers (a materialized embedding table included)."""
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two (d,) vectors in [-1, 1], computed in float64; 0.0 for a zero vector."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = max(float(np.linalg.norm(a64) * np.linalg.norm(b64)), 1e-12)
+    return float(np.clip(np.dot(a64, b64) / denom, -1.0, 1.0))
+
+
+class ModelRunner:
+    """Computes a batch of ``WorkItem``s with a ``SentenceEncoder``; the batcher's ``compute``.
+
+    Args:
+        model: the loaded encoder (eval mode).
+        max_tokens: token limit per sequence, special tokens included (capped by ``config.max_len``).
+        max_batch_size: most sequences per forward pass.
+        max_batch_tokens: most padded tokens (rows x longest row) per forward pass; a single longer
+            row still gets its own pass.
+        observe_pass: ``observe_pass(sequences, padded_tokens)`` after each forward pass (metrics).
+    Not thread-safe (the tokenizer's truncation setting is shared): call from one thread only.
+    """
+
+    def __init__(self, model: SentenceEncoder, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
+                 observe_pass: Callable[[int, int], None] | None = None) -> None:
+        self.model = model
+        self.max_tokens = min(max_tokens, model.config.max_len)
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.observe_pass = observe_pass
+        self.pair_head = model.config.nli_head == "pair"
+
+    def __call__(self, items: list[WorkItem]) -> list[EmbedOutput | NliOutput]:
+        """One output per item, in order. Raises whatever the tokenizer or the model raises."""
+        return self.compute(items, record=True)
+
+    @torch.inference_mode()
+    def compute(self, items: Sequence[WorkItem], record: bool = True) -> list[EmbedOutput | NliOutput]:
+        """Like ``__call__``; ``record=False`` skips ``observe_pass`` (warm-up)."""
+        texts: list[str] = []            # sequences encoded alone
+        text_slot: list[int] = []        # item i -> index of its (first) sequence in texts
+        pairs: list[tuple[str, str]] = []  # cross-head NLI pairs, encoded jointly
+        for it in items:
+            if it.kind == "embed" or self.pair_head:
+                text_slot.append(len(texts))
+                texts.append(it.text)
+                if it.kind == "nli":
+                    texts.append(it.text_pair)
+            elif it.kind == "nli":
+                text_slot.append(len(pairs))
+                pairs.append((it.text, it.text_pair))
+            else:
+                raise ValueError(f"unknown work item kind {it.kind!r}")
+
+        vecs = tb = pooled = pb = None
+        if texts:
+            tb = self.model.tokenize(texts, max_tokens=self.max_tokens)
+            vecs = self._encode(tb, record)
+        if pairs:
+            pb = self.model.tokenize([p for p, _ in pairs], [h for _, h in pairs], max_tokens=self.max_tokens)
+            pooled = self._encode(pb, record)
+
+        # NLI heads, one call for all NLI items of the batch (row-wise, so batch-independent).
+        nli_idx = [i for i, it in enumerate(items) if it.kind == "nli"]
+        probs: dict[int, np.ndarray] = {}
+        if nli_idx:
+            if self.pair_head:
+                u = vecs[[text_slot[i] for i in nli_idx]]
+                v = vecs[[text_slot[i] + 1 for i in nli_idx]]
+                logits = self.model.nli_head(u, v)
+            else:
+                logits = self.model.nli_head(pooled[[text_slot[i] for i in nli_idx]])
+            p = F.softmax(logits.float(), dim=-1).numpy()
+            probs = {i: p[k] for k, i in enumerate(nli_idx)}
+
+        out: list[EmbedOutput | NliOutput] = []
+        for i, it in enumerate(items):
+            s = text_slot[i]
+            if it.kind == "embed":
+                out.append(EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s]))
+            elif self.pair_head:
+                out.append(NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1],
+                                     tb.lengths[s] + tb.lengths[s + 1]))
+            else:
+                out.append(NliOutput(probs[i], pb.truncated[s], pb.lengths[s]))
+        return out
+
+    def warmup(self) -> None:
+        """Run a worst-case batch once (``max_batch_size`` sequences at the token limit, both kinds)
+        without recording metrics, so the first real requests do not pay one-off costs."""
+        long_text = " ".join(["a"] * self.max_tokens)
+        n = self.max_batch_size
+        self.compute([WorkItem("embed", long_text) for _ in range(n)]
+                     + [WorkItem("nli", long_text, long_text) for _ in range(n)], record=False)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _encode(self, tb: TokenBatch, record: bool) -> torch.Tensor:
+        """Pooled vectors (N, d) float32 for a tokenized batch, computed in length-sorted passes."""
+        n = len(tb.lengths)
+        out = torch.empty(n, self.model.config.dim)
+        order = sorted(range(n), key=tb.lengths.__getitem__)
+        for chunk in self._chunks(order, tb.lengths):
+            T = max(tb.lengths[i] for i in chunk)
+            idx = torch.tensor(chunk, dtype=torch.int64)
+            out[idx] = self.model.embed(tb.input_ids[idx, :T], tb.attention_mask[idx, :T]).float()
+            if record and self.observe_pass is not None:
+                self.observe_pass(len(chunk), len(chunk) * T)
+        return out
+
+    def _chunks(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
+        """Split ascending-length ``order`` greedily under the size and padded-token limits."""
+        chunk: list[int] = []
+        for i in order:
+            rows = len(chunk) + 1
+            if chunk and (rows > self.max_batch_size or rows * lengths[i] > self.max_batch_tokens):
+                yield chunk
+                chunk = []
+            chunk.append(i)
+        if chunk:
+            yield chunk
+
+
+def nli_label(probabilities: np.ndarray) -> str:
+    """The most probable label of a (3,) probability vector in ``NLI_LABELS`` order."""
+    return NLI_LABELS[int(np.argmax(probabilities))]
+

@@ -1,0 +1,91 @@
+"""App factory and console entry point.
+
+Run with ``pete-serve`` (``app.main:main``), or ``uvicorn --factory app.main:create_app``.
+``app.main:app`` also exists for tools that want an app object; building it reads settings from
+the environment but loads nothing: the model is loaded by the lifespan, at server start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from app.routes import ENDPOINTS, router
+from app.service import BatchHook, Service
+from app.settings import Settings
+
+__version__ = "0.1.0"
+
+DESCRIPTION = """Sentence similarity, NLI and sentence embeddings from a PETE sentence encoder.
+
+Requests are micro-batched: concurrent requests share forward passes, without changing results.
+POST endpoints need an API key when `PETE_API_KEY` is set (`Authorization: Bearer <key>` or
+`X-API-Key`); probes, /info and /metrics are open.
+"""
+
+
+def configure_logging(level: str) -> None:
+    """Send the service's ``pete.*`` loggers to stderr at ``level`` unless logging is set up already
+    (uvicorn configures only its own loggers)."""
+    logger = logging.getLogger("pete")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None, *, before_batch: BatchHook | None = None) -> FastAPI:
+    """Build the FastAPI app; cheap: nothing is loaded until the lifespan starts.
+
+    Args:
+        settings: defaults to ``Settings()`` (from ``PETE_*`` environment variables).
+        before_batch: test seam (see ``app.service.Service``): called on the inference thread with
+            each batch before the model runs; may sleep or raise. Not a production switch.
+    Raises:
+        pydantic.ValidationError: invalid settings in the environment.
+    """
+    settings = settings if settings is not None else Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    service = Service(settings, metrics, before_batch=before_batch)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app, metrics)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc())
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
+    return app
+
+
+def main() -> None:
+    """Console entry ``pete-serve``: run uvicorn on ``Settings.host``/``port`` with the app factory."""
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    main()

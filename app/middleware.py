@@ -1,0 +1,117 @@
+"""Pure ASGI middleware: request body size limit and request metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Callable, Collection
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_body
+from app.metrics import Metrics
+
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+async def _send_json(send: Send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app parses anything.
+
+    Checks the ``Content-Length`` header first, then reads the body while counting the bytes
+    actually received (a client may lie about, or omit, Content-Length), stopping at the first byte
+    over the limit. A body within the limit is buffered (at most ``max_bytes``) and replayed to the
+    app; later ``receive`` calls (disconnect detection) go to the server. ``on_reject()`` is called
+    for each refusal (metrics).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method", "GET") in _NO_BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await self._refuse(send, 400, "bad_request", "invalid Content-Length")
+                if declared > self.max_bytes:
+                    return await self._too_large(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # client gone before the body arrived; nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await self._refuse(send, 413, "body_too_large", f"request body larger than {self.max_bytes} bytes")
+
+    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
+        await _send_json(send, status, error_body(code, message))
+
+
+class RequestMetricsMiddleware:
+    """Observe ``pete_request_duration_seconds{endpoint,status}`` for every HTTP request.
+
+    ``endpoint`` is the request path when it is one of ``endpoints`` and ``"other"`` otherwise (so
+    arbitrary paths cannot blow up label cardinality). A request that ends in an exception before
+    a response started counts as status 500, one cancelled (client gone) as 499.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: Collection[str]) -> None:
+        self.app, self.metrics, self.endpoints = app, metrics, frozenset(endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in self.endpoints else "other"
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            status = 499  # the request task was cancelled (client gone), nothing was sent
+            raise
+        finally:
+            self.metrics.request_duration.labels(endpoint=endpoint, status=str(status)).observe(
+                time.perf_counter() - start)

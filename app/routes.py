@@ -1,0 +1,119 @@
+"""HTTP endpoints. Thin: validate limits, build work items, await the batcher, shape the response.
+
+POST /similarity, /nli, /embeddings need the API key when one is set; GET /healthz, /readyz,
+/info, /metrics are open (see ``app.auth``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.auth import require_api_key
+from app.batching import WorkItem
+from app.errors import NotReady
+from app.inference import cosine, nli_label
+from app.limits import check_limits
+from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, InfoResponse, Limits,
+                         NliProbabilities, NliRequest, NliResponse, NliResult, Parameters, SimilarityRequest,
+                         SimilarityResponse, Status, Usage)
+from app.service import Service
+from model.encoder import NLI_LABELS
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503, 504)}
+
+ENDPOINTS = ("/similarity", "/nli", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
+
+router = APIRouter()
+protected = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _disconnect_watcher(request: Request):
+    """``await watcher()`` returns once the client has disconnected (the body was read already, so
+    the server's ``receive`` only reports the disconnect, or the end of the response)."""
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            await asyncio.sleep(0.01)  # an unexpected message: do not spin
+    return wait_for_disconnect
+
+
+@protected.post("/similarity", response_model=SimilarityResponse, summary="Cosine similarity of text pairs")
+async def similarity(body: SimilarityRequest, request: Request) -> SimilarityResponse:
+    svc = _service(request)
+    check_limits(svc.settings, "pairs", len(body.pairs),
+                 ((f"pairs.{i}.{k}", getattr(p, k)) for i, p in enumerate(body.pairs) for k in ("text_a", "text_b")))
+    items = [WorkItem("embed", t) for p in body.pairs for t in (p.text_a, p.text_b)]
+    outs = await svc.run(items, _disconnect_watcher(request))
+    a, b = outs[0::2], outs[1::2]
+    return SimilarityResponse(scores=[cosine(x.vector, y.vector) for x, y in zip(a, b)],
+                              truncated=[x.truncated or y.truncated for x, y in zip(a, b)], model=svc.model_name)
+
+
+@protected.post("/nli", response_model=NliResponse, summary="Entailment / neutral / contradiction")
+async def nli(body: NliRequest, request: Request) -> NliResponse:
+    svc = _service(request)
+    check_limits(svc.settings, "pairs", len(body.pairs),
+                 ((f"pairs.{i}.{k}", getattr(p, k)) for i, p in enumerate(body.pairs) for k in ("premise", "hypothesis")))
+    outs = await svc.run([WorkItem("nli", p.premise, p.hypothesis) for p in body.pairs], _disconnect_watcher(request))
+    results = [NliResult(label=nli_label(o.probabilities), truncated=o.truncated,
+                         probabilities=NliProbabilities(**{k: float(v) for k, v in zip(NLI_LABELS, o.probabilities)}))
+               for o in outs]
+    return NliResponse(results=results, model=svc.model_name)
+
+
+@protected.post("/embeddings", response_model=EmbeddingsResponse, summary="Sentence vectors")
+async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    svc = _service(request)
+    check_limits(svc.settings, "input", len(body.input), ((f"input.{i}", t) for i, t in enumerate(body.input)))
+    outs = await svc.run([WorkItem("embed", t) for t in body.input], _disconnect_watcher(request))
+    data = [Embedding(index=i, embedding=o.vector.tolist(), truncated=o.truncated) for i, o in enumerate(outs)]
+    return EmbeddingsResponse(data=data, model=svc.model_name, dimensions=len(outs[0].vector),
+                              usage=Usage(total_tokens=sum(o.tokens for o in outs)))
+
+
+@router.get("/healthz", response_model=Status, summary="Liveness: the process answers")
+async def healthz() -> Status:
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": Status}},
+            summary="Readiness: model loaded and warmed up, not draining")
+async def readyz(request: Request):
+    svc = _service(request)
+    if svc.ready and not svc.draining:
+        return Status(status="ready")
+    status = "draining" if svc.draining else "loading"
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}},
+            summary="Model and limits")
+async def info(request: Request) -> InfoResponse:
+    svc = _service(request)
+    if svc.model is None or svc.runner is None:
+        raise NotReady()
+    s, cfg = svc.settings, svc.model.config
+    return InfoResponse(
+        model=svc.model_name, embedding_kind=cfg.embedding, nli_head=cfg.nli_head, dimensions=cfg.dim,
+        parameters=Parameters(**svc.model.parameter_counts()), model_bytes=svc.model_bytes,
+        materialized_embeddings=svc.materialized, labels=list(NLI_LABELS),
+        limits=Limits(max_pairs_per_request=s.max_pairs_per_request, max_chars_per_text=s.max_chars_per_text,
+                      max_tokens_per_text=svc.runner.max_tokens, max_body_bytes=s.max_body_bytes,
+                      request_timeout_s=s.request_timeout_s),
+        auth_required=s.api_key is not None)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format)",
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    body, content_type = _service(request).metrics.render()
+    return Response(body, media_type=content_type)
+
+
+router.include_router(protected)

@@ -1,0 +1,157 @@
+"""Request and response bodies (pydantic v2), with examples for the OpenAPI page.
+
+Requests forbid unknown fields and reject empty or blank strings and empty lists (422 naming
+the field). Limits that depend on settings (pairs per request, characters per text) are checked
+in ``app.limits`` after parsing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_blank)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- /similarity ------------------------------------------------------------------------------
+class TextPair(_Request):
+    """Two texts to compare."""
+
+    text_a: Text = Field(description="First text.", examples=["A man is playing a guitar."])
+    text_b: Text = Field(description="Second text.", examples=["Someone plays an instrument."])
+
+
+class SimilarityRequest(_Request):
+    pairs: list[TextPair] = Field(min_length=1, description="Pairs to score (at most max_pairs_per_request).")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pairs": [
+        {"text_a": "A man is playing a guitar.", "text_b": "Someone plays an instrument."},
+        {"text_a": "A cat sleeps.", "text_b": "The stock market fell."}]}]})
+
+
+class SimilarityResponse(BaseModel):
+    scores: list[float] = Field(description="Cosine similarity of each pair's sentence vectors, in [-1, 1].")
+    truncated: list[bool] = Field(description="Per pair: a text was cut to the token limit.")
+    model: str = Field(description="Name of the model that computed the scores.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"scores": [0.82, 0.05], "truncated": [False, False], "model": "default"}]})
+
+
+# ---- /nli -------------------------------------------------------------------------------------
+class NliPair(_Request):
+    """A premise and a hypothesis."""
+
+    premise: Text = Field(description="The premise.", examples=["A man is playing a guitar on stage."])
+    hypothesis: Text = Field(description="The hypothesis.", examples=["A man is performing music."])
+
+
+class NliRequest(_Request):
+    pairs: list[NliPair] = Field(min_length=1, description="Pairs to classify (at most max_pairs_per_request).")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pairs": [
+        {"premise": "A man is playing a guitar on stage.", "hypothesis": "A man is performing music."}]}]})
+
+
+class NliProbabilities(BaseModel):
+    entailment: float = Field(ge=0, le=1)
+    neutral: float = Field(ge=0, le=1)
+    contradiction: float = Field(ge=0, le=1)
+
+
+class NliResult(BaseModel):
+    label: Literal["entailment", "neutral", "contradiction"] = Field(description="Most probable label.")
+    probabilities: NliProbabilities = Field(description="Class probabilities; they sum to 1.")
+    truncated: bool = Field(description="The premise or the hypothesis was cut to the token limit.")
+
+
+class NliResponse(BaseModel):
+    results: list[NliResult]
+    model: str
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [{
+        "label": "entailment", "probabilities": {"entailment": 0.91, "neutral": 0.07, "contradiction": 0.02},
+        "truncated": False}], "model": "default"}]})
+
+
+# ---- /embeddings ------------------------------------------------------------------------------
+class EmbeddingsRequest(_Request):
+    input: list[Text] = Field(min_length=1, description="Texts to embed (at most max_pairs_per_request).",
+                              examples=[["A man is playing a guitar.", "A cat sleeps."]])
+
+
+class Embedding(BaseModel):
+    index: int = Field(description="Position of the text in `input`.")
+    embedding: list[float] = Field(description="Sentence vector (mean pooled, not normalised), length `dimensions`.")
+    truncated: bool = Field(description="The text was cut to the token limit.")
+
+
+class Usage(BaseModel):
+    total_tokens: int = Field(description="Tokens encoded, special tokens included.")
+
+
+class EmbeddingsResponse(BaseModel):
+    data: list[Embedding]
+    model: str
+    dimensions: int = Field(description="Length of each embedding.")
+    usage: Usage
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "data": [{"index": 0, "embedding": [0.01, -0.2, 0.13], "truncated": False}],
+        "model": "default", "dimensions": 3, "usage": {"total_tokens": 9}}]})
+
+
+# ---- probes and info --------------------------------------------------------------------------
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Parameters(BaseModel):
+    total: int
+    embedding: int
+    encoder: int
+    nli_head: int
+
+
+class Limits(BaseModel):
+    max_pairs_per_request: int
+    max_chars_per_text: int
+    max_tokens_per_text: int
+    max_body_bytes: int
+    request_timeout_s: float
+
+
+class InfoResponse(BaseModel):
+    model: str = Field(description="Model name (see Settings.model_name).")
+    embedding_kind: str = Field(description="Token embedding kind of the checkpoint, e.g. fourier_geo.")
+    nli_head: Literal["pair", "cross"]
+    dimensions: int = Field(description="Sentence vector length.")
+    parameters: Parameters
+    model_bytes: int = Field(description="Bytes held by parameters and buffers.")
+    materialized_embeddings: bool = Field(description="PETE embedding table precomputed at load.")
+    labels: list[str] = Field(description="NLI labels, in probability order.")
+    limits: Limits
+    auth_required: bool = Field(description="POST endpoints need an API key.")
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["pairs.0.text_a"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Stable error code.", examples=["invalid_request"])
+    message: str = Field(description="Human-readable message (never a stack trace).")
+    detail: list[FieldError] | None = Field(None, description="Offending fields, where there are some.")

@@ -1,0 +1,128 @@
+"""The service's state and lifecycle: load -> warm up -> start batcher -> ready; drain on stop.
+
+One ``Service`` per app (``app.state.service``). Routes call ``Service.run`` to push work items
+through the batcher with the request timeout and client-disconnect detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+import torch
+
+from app.batching import MicroBatcher, WorkItem
+from app.errors import ClientDisconnected, NotReady, ShuttingDown
+from app.inference import ModelRunner, model_nbytes
+from app.metrics import Metrics
+from app.settings import Settings
+from model.encoder import SentenceEncoder
+
+log = logging.getLogger("pete.service")
+
+BatchHook = Callable[[list[WorkItem]], None]
+
+
+class Service:
+    """Holds settings, metrics, the model, the runner and the batcher.
+
+    Args:
+        settings: the service settings.
+        metrics: the app's metrics.
+        before_batch: test seam, not a production switch: called on the inference thread with each
+            batch's items just before the model runs; it may sleep (slowness) or raise (a failing
+            batch). Warm-up does not go through it.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, before_batch: BatchHook | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.before_batch = before_batch
+        self.model: SentenceEncoder | None = None
+        self.runner: ModelRunner | None = None
+        self.batcher: MicroBatcher | None = None
+        self.materialized = False
+        self.model_bytes = 0
+        self.ready = False
+        self.draining = False
+
+    @property
+    def model_name(self) -> str:
+        """``settings.model_name``, else the checkpoint directory's name."""
+        return self.settings.model_name or self.settings.model_path.name
+
+    async def start(self) -> None:
+        """Load the checkpoint (in a thread), warm up at the max batch size, start the batcher, and
+        only then mark the service ready.
+
+        Raises:
+            FileNotFoundError: the checkpoint directory lacks a file.
+        """
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        log.info("loading model from %s", s.model_path)
+        self.model = await asyncio.to_thread(SentenceEncoder.from_pretrained, s.model_path)
+        if s.materialize_embeddings:
+            self.materialized = await asyncio.to_thread(self.model.materialize_embeddings)
+        self.runner = ModelRunner(self.model, max_tokens=s.max_tokens_per_text, max_batch_size=s.max_batch_size,
+                                  max_batch_tokens=s.max_batch_tokens, observe_pass=self.metrics.observe_pass)
+        compute: Callable[[list[WorkItem]], list[Any]] = self.runner
+        if self.before_batch is not None:
+            hook, runner = self.before_batch, self.runner
+
+            def compute(items: list[WorkItem]) -> list[Any]:
+                hook(items)
+                return runner(items)
+
+        self.batcher = MicroBatcher(compute, max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
+                                    capacity=s.queue_capacity, metrics=self.metrics)
+        await self.batcher.run_sync(self.runner.warmup)
+        self.model_bytes = model_nbytes(self.model)
+        self.metrics.set_model(self.model.parameter_counts(), self.model_bytes)
+        self.batcher.start()
+        self.ready = True
+        log.info("ready: model %s (%s embedding, %s NLI head)", self.model_name, self.model.config.embedding,
+                 self.model.config.nli_head)
+
+    async def stop(self) -> None:
+        """Refuse new work (503), finish accepted work within ``shutdown_timeout_s``. Idempotent."""
+        self.draining = True
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.stop(self.settings.shutdown_timeout_s)
+
+    def check_accepting(self) -> None:
+        """Raise ``ShuttingDown`` while draining, ``NotReady`` before start-up finished (both 503)."""
+        if self.draining:
+            raise ShuttingDown()
+        if not self.ready or self.batcher is None:
+            raise NotReady()
+
+    async def run(self, items: list[WorkItem], disconnected: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
+        """Compute ``items`` through the batcher; outputs in order (see ``app.inference``).
+
+        ``disconnected`` is awaited concurrently; if it returns first the work is cancelled (the
+        batcher then drops the items) and ``ClientDisconnected`` is raised.
+
+        Raises:
+            NotReady, ShuttingDown, ClientDisconnected, and the batcher's Closed, Overloaded,
+            DeadlineExceeded, BatchFailed.
+        """
+        self.check_accepting()
+        work = self.batcher.submit(items, self.settings.request_timeout_s)
+        if disconnected is None:
+            return await work
+        work_task = asyncio.ensure_future(work)
+        watch_task = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch_task.cancel()
+            if not work_task.done():
+                work_task.cancel()
+                await asyncio.wait({work_task})  # let submit() cancel its item futures
+        if work_task.cancelled():
+            raise ClientDisconnected()
+        return work_task.result()

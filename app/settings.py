@@ -1,0 +1,91 @@
+"""Service settings: one ``Settings`` object, read once at start-up.
+
+Every field can be set by an environment variable named ``PETE_`` + the field name in upper case
+(``PETE_MAX_BATCH_SIZE=64``); keyword arguments to ``Settings(...)`` win over the environment. Units are in the
+field names or descriptions: ``_ms`` milliseconds, ``_s`` seconds, ``_bytes`` bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "default"
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Invalid values raise ``pydantic.ValidationError`` at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="PETE_", extra="ignore",
+                                      protected_namespaces=())
+
+    # ---- model ----------------------------------------------------------------------------
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH,
+        description="Checkpoint directory holding config.json, model.safetensors and tokenizer.json "
+                    "(written by SentenceEncoder.save_pretrained).")
+    model_name: str | None = Field(
+        None, description="Name reported as `model` in responses and /info; default: the checkpoint "
+                          "directory's name.")
+    materialize_embeddings: bool = Field(
+        True, description="Precompute the PETE embedding table at load (faster inference, V*d*4 more "
+                          "bytes); ignored for embedding kinds without one.")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for inference; 0 keeps torch's default (one per core).")
+
+    # ---- batching -------------------------------------------------------------------------
+    max_batch_size: int = Field(
+        32, ge=1, description="Most work items (texts to embed, or NLI pairs) gathered into one batch, "
+                              "and most sequences in one encoder forward pass.")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Most padded tokens (rows x longest row) in one encoder forward pass; a "
+                                "batch is sorted by length and split into passes that respect it.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="Longest time, in milliseconds, the batcher waits for more work after the "
+                               "first item of a batch arrives.")
+    queue_capacity: int = Field(
+        1024, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
+                                "pair or an embedding input 1); a request that does not fit gets 429.")
+
+    # ---- request limits ---------------------------------------------------------------------
+    max_pairs_per_request: int = Field(
+        64, ge=1, description="Most pairs in one /similarity or /nli request, and most inputs in one "
+                              "/embeddings request; more gets 413.")
+    max_chars_per_text: int = Field(
+        10_000, ge=1, description="Longest text, in characters; a longer one gets 422 naming the field.")
+    max_tokens_per_text: int = Field(
+        128, ge=3, description="Token limit per encoded sequence, special tokens included (capped by the "
+                               "model's max_len); longer texts (or NLI pairs with the cross head) are "
+                               "truncated and flagged `truncated`, never rejected.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest request body, in bytes; checked on Content-Length and on the "
+                                     "bytes actually received; more gets 413.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time, in seconds, a request may wait for its results (queue + "
+                                "inference); past it the request gets 504.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, POST endpoints require `Authorization: Bearer <key>` or "
+                          "`X-API-Key: <key>` (401 otherwise). /healthz, /readyz, /info, /metrics stay open.")
+
+    # ---- server -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `pete-serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port `pete-serve` listens on.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads its own model copy).")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On shutdown, longest time, in seconds, to finish accepted work before "
+                                "the remaining requests get 503.")
+    log_level: str = Field("info", description="uvicorn log level (critical, error, warning, info, debug).")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _request_fits_queue(self) -> "Settings":
+        if self.queue_capacity < 2 * self.max_pairs_per_request:
+            raise ValueError("queue_capacity must be at least 2 * max_pairs_per_request, "
+                             "or a full /similarity request could never be accepted")
+        return self

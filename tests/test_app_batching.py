@@ -1,0 +1,214 @@
+"""MicroBatcher (with a fake compute) and ModelRunner (with a tiny model): batching, failures,
+dropping, draining, and batching invariance."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem
+from app.inference import ModelRunner, cosine
+from app.metrics import Metrics
+from model.encoder import EncoderConfig, SentenceEncoder
+from model.tokenizer import tokenizer_from_vocab
+
+torch.set_num_threads(1)
+
+WORDS = ("the a an is are on in of and not no cat dog man woman child plays playing guitar piano "
+         "sits sat mat runs running park street music sleeps eats food red blue big small").split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def tiny_model(nli_head: str = "pair", seed: int = 0) -> SentenceEncoder:
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(vocab_size=len(VOCAB), dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_len=32,
+                        nli_head=nli_head, nli_hidden=16, embedding_options={"mlp_hidden": 32})
+    return SentenceEncoder(cfg, tokenizer_from_vocab(VOCAB)).eval()
+
+
+class Recorder:
+    """Fake compute: upper-cases texts, records batch sizes, can block or fail on demand."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list[WorkItem]) -> list[str]:
+        self.batches.append([it.text for it in items])
+        self.entered.set()
+        assert self.release.wait(5), "test forgot to release the batch"
+        if any(it.text == "boom" for it in items):
+            raise RuntimeError("injected failure")
+        return [it.text.upper() for it in items]
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def embed_items(*texts: str) -> list[WorkItem]:
+    return [WorkItem("embed", t) for t in texts]
+
+
+@pytest.mark.anyio
+async def test_concurrent_submits_are_coalesced_and_ordered():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=16, max_wait_s=0.05, capacity=64)
+    b.start()
+    outs = await asyncio.gather(*(b.submit(embed_items(f"t{i}a", f"t{i}b")) for i in range(6)))
+    await b.stop()
+    assert outs == [[f"T{i}A", f"T{i}B"] for i in range(6)]
+    assert max(len(x) for x in rec.batches) > 2  # items of several requests shared a batch
+    assert all(len(x) <= 16 for x in rec.batches)
+
+
+@pytest.mark.anyio
+async def test_exception_fails_only_its_batch_and_worker_goes_on():
+    rec, metrics = Recorder(), Metrics()
+    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=8, metrics=metrics)
+    b.start()
+    bad, good = await asyncio.gather(b.submit(embed_items("boom")), b.submit(embed_items("fine")),
+                                     return_exceptions=True)
+    assert isinstance(bad, BatchFailed) and good == ["FINE"]
+    assert await b.submit(embed_items("after")) == ["AFTER"]
+    assert metrics.registry.get_sample_value("pete_batch_failures_total") == 1
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_cancelled_items_are_dropped_before_compute():
+    rec, metrics = Recorder(), Metrics()
+    b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=8, metrics=metrics)
+    b.start()
+    rec.release.clear()
+    first = asyncio.create_task(b.submit(embed_items("first")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    gone = asyncio.create_task(b.submit(embed_items("gone1", "gone2")))
+    await wait_until(lambda: b.depth == 2)
+    gone.cancel()  # the client went away while its items waited
+    kept = asyncio.create_task(b.submit(embed_items("kept")))
+    rec.release.set()
+    assert await first == ["FIRST"] and await kept == ["KEPT"]
+    assert all("gone1" not in batch and "gone2" not in batch for batch in rec.batches)
+    assert metrics.registry.get_sample_value("pete_dropped_items_total") == 2
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_full_queue_raises_overloaded_all_or_none():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=3)
+    b.start()
+    rec.release.clear()
+    running = asyncio.create_task(b.submit(embed_items("x")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    queued = asyncio.create_task(b.submit(embed_items("y", "z")))
+    await wait_until(lambda: b.depth == 2)
+    with pytest.raises(Overloaded):
+        await b.submit(embed_items("p", "q"))  # 2 items, 1 slot left: refused whole
+    assert b.depth == 2
+    rec.release.set()
+    assert await running == ["X"] and await queued == ["Y", "Z"]
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_deadline_exceeded_then_recovers():
+    def slow(items):
+        if items[0].text == "slow":
+            time.sleep(0.3)
+        return [it.text for it in items]
+
+    b = MicroBatcher(slow, max_batch_size=4, max_wait_s=0.0, capacity=8)
+    b.start()
+    with pytest.raises(DeadlineExceeded):
+        await b.submit(embed_items("slow"), timeout_s=0.05)
+    assert await b.submit(embed_items("fast"), timeout_s=2) == ["fast"]
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_stop_drains_accepted_work_and_refuses_new():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=8)
+    b.start()
+    rec.release.clear()
+    accepted = [asyncio.create_task(b.submit(embed_items(f"w{i}"))) for i in range(3)]
+    await asyncio.to_thread(rec.entered.wait, 5)
+    stopping = asyncio.create_task(b.stop(timeout_s=5))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Closed):
+        await b.submit(embed_items("late"))
+    rec.release.set()
+    await stopping
+    assert [await t for t in accepted] == [["W0"], ["W1"], ["W2"]]
+
+
+@pytest.mark.anyio
+async def test_stop_timeout_fails_leftovers_with_closed():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=8)
+    b.start()
+    rec.release.clear()
+    tasks = [asyncio.create_task(b.submit(embed_items(f"w{i}"))) for i in range(2)]
+    await asyncio.to_thread(rec.entered.wait, 5)
+    await b.stop(timeout_s=0.05)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, Closed) for r in results)
+    rec.release.set()
+
+
+# ---- ModelRunner: batching does not change results ------------------------------------------
+OTHERS = ["a dog", "the woman plays the piano in the park and the child sleeps on the mat",
+          "red", "a big blue dog runs in the street", "no", "the cat is not playing music"]
+
+
+@pytest.mark.parametrize("head", ["pair", "cross"])
+def test_batching_invariance(head):
+    model = tiny_model(head)
+    passes: list[tuple[int, int]] = []
+    runner = ModelRunner(model, max_tokens=32, max_batch_size=4, max_batch_tokens=40,
+                         observe_pass=lambda n, t: passes.append((n, t)))
+    a, b = "a man is playing a guitar", "the man plays music"
+    alone = runner([WorkItem("embed", a), WorkItem("embed", b), WorkItem("nli", a, b)])
+    mixed_items = ([WorkItem("embed", t) for t in OTHERS[:3]] + [WorkItem("nli", OTHERS[3], OTHERS[1])]
+                   + [WorkItem("embed", b), WorkItem("nli", a, b)] + [WorkItem("embed", t) for t in OTHERS[3:]]
+                   + [WorkItem("embed", a)])
+    mixed = runner(mixed_items)
+    va, vb, nli = mixed[-1], mixed[4], mixed[5]
+    np.testing.assert_allclose(va.vector, alone[0].vector, atol=1e-5)
+    np.testing.assert_allclose(vb.vector, alone[1].vector, atol=1e-5)
+    np.testing.assert_allclose(nli.probabilities, alone[2].probabilities, atol=1e-5)
+    assert abs(cosine(va.vector, vb.vector) - cosine(alone[0].vector, alone[1].vector)) < 1e-5
+    # and both agree with the model's own API
+    ref = model.similarity([a], [b])[0].item()
+    assert abs(cosine(va.vector, vb.vector) - ref) < 1e-5
+    np.testing.assert_allclose(nli.probabilities, model.predict_nli([a], [b])[0].numpy(), atol=1e-5)
+    assert abs(float(nli.probabilities.sum()) - 1.0) < 1e-5
+    # forward passes respected the limits (a single row may exceed the token budget alone)
+    assert len(passes) > 2
+    assert all(n <= 4 and (t <= 40 or n == 1) for n, t in passes)
+
+
+def test_truncation_is_flagged_not_rejected():
+    model = tiny_model()
+    runner = ModelRunner(model, max_tokens=6, max_batch_size=8, max_batch_tokens=1000)
+    long = "the cat sat on the mat and the dog runs in the park"
+    out = runner([WorkItem("embed", long), WorkItem("embed", "a cat"), WorkItem("nli", "a cat", long)])
+    assert [o.truncated for o in out] == [True, False, True]
+    assert out[0].tokens == 6 and out[1].tokens == 4

@@ -1,0 +1,43 @@
+"""Settings (env prefix, validation, documentation) and the lazy module-level app."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import DEFAULT_MODEL_PATH, Settings
+
+
+def test_env_prefix_and_defaults(monkeypatch):
+    monkeypatch.setenv("PETE_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("PETE_API_KEY", "zq-secret-9")
+    monkeypatch.setenv("PETE_MAX_WAIT_MS", "2.5")
+    s = Settings()
+    assert s.max_batch_size == 7 and s.max_wait_ms == 2.5 and s.api_key.get_secret_value() == "zq-secret-9"
+    assert "zq-secret-9" not in repr(s)  # the key is a SecretStr
+    assert s.model_path == DEFAULT_MODEL_PATH and s.materialize_embeddings is True
+
+
+def test_empty_api_key_means_no_auth(monkeypatch):
+    monkeypatch.setenv("PETE_API_KEY", "")
+    assert Settings().api_key is None
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValidationError):
+        Settings(max_batch_size=0)
+    with pytest.raises(ValidationError):
+        Settings(queue_capacity=10, max_pairs_per_request=6)  # a full /similarity request would never fit
+
+
+def test_every_field_is_documented():
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+
+
+def test_module_level_app_loads_nothing():
+    from app.main import app, create_app, main
+
+    svc = app.state.service
+    assert svc.model is None and svc.batcher is None and not svc.ready
+    assert callable(create_app) and callable(main)

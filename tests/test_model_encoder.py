@@ -1,0 +1,230 @@
+"""SentenceEncoder (model/encoder.py) and tokenizers (model/tokenizer.py) on tiny models: padding
+invariance, masked mean pooling, save/load round trip, NLI probabilities, the frequency-ranked
+tokenizer, and the bundled checkpoint when it exists."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.encoder import NLI_LABELS, EncoderConfig, SentenceEncoder, mean_pool
+from model.tokenizer import (
+    SPECIAL_TOKENS,
+    build_bert_tokenizer,
+    build_frequency_ranked_tokenizer,
+    tokenizer_from_vocab,
+)
+
+torch.set_num_threads(1)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BERT_VOCAB = SHARED_DATA / "bert-base-uncased" / "vocab.txt.gz"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "default"
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "A person plays the guitar.",
+    "The stock market fell sharply today.",
+    "Two dogs run across the snowy field while a child watches them from the porch.",
+    "a",
+]
+
+
+def tiny_vocab(texts) -> list[str]:
+    """Special tokens, every lower-cased word and punctuation mark of ``texts``, and a few pieces."""
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    return list(SPECIAL_TOKENS) + words + ["##s", "##ing", "play"]
+
+
+def tiny_model(nli_head: str = "pair", embedding: str = "fourier_geo", seed: int = 0) -> SentenceEncoder:
+    """dim 32, 1 layer; weights re-drawn with a large std so that any leak of padding shows."""
+    torch.manual_seed(seed)
+    vocab = tiny_vocab(TEXTS)
+    options = {"mlp_hidden": 32} if embedding.startswith("fourier") else {}
+    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_len=128,
+                        embedding=embedding, embedding_options=options, nli_head=nli_head, nli_hidden=16)
+    model = SentenceEncoder(cfg, tokenizer_from_vocab(vocab))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def test_mean_pool_averages_valid_positions_only():
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [1e6, -1e6]],
+                           [[5.0, 6.0], [9e9, 9e9], [9e9, 9e9]],
+                           [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]]])
+    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    pooled = mean_pool(states, mask)
+    torch.testing.assert_close(pooled, torch.tensor([[2.0, 3.0], [5.0, 6.0], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("embedding", ["fourier_geo", "learned", "hashed"])
+def test_encoding_alone_equals_encoding_next_to_a_much_longer_text(embedding):
+    model = tiny_model(embedding=embedding)
+    long = " ".join(TEXTS * 3)  # ~60 tokens: the short text gets ~50 padding positions
+    alone = model.encode([TEXTS[0]])[0]
+    batched = model.encode([TEXTS[0], long], batch_size=2)[0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    # control: the padding would change the vector if it were pooled (the check above can fail)
+    b = model.tokenize([TEXTS[0], long])
+    assert b.attention_mask[0].sum() < b.attention_mask.shape[1] - 40
+    states = model.encoder(b.input_ids, b.attention_mask)
+    assert (states[0].mean(0) - alone).abs().max() > 1e-3
+
+
+def test_padding_invariance_of_nli_probabilities():
+    model = tiny_model()
+    long = " ".join(TEXTS * 3)
+    alone = model.predict_nli([TEXTS[0]], [TEXTS[1]])
+    batched = model.predict_nli([TEXTS[0], long], [TEXTS[1], long])[:1]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_encode_keeps_input_order_and_batching_does_not_matter():
+    model = tiny_model()
+    one_by_one = torch.cat([model.encode([t]) for t in TEXTS])
+    torch.testing.assert_close(model.encode(TEXTS, batch_size=2), one_by_one, atol=1e-5, rtol=0)
+    normed = model.encode(TEXTS, normalize=True)
+    torch.testing.assert_close(normed.norm(dim=-1), torch.ones(len(TEXTS)))
+    sim = model.similarity(TEXTS[:2], TEXTS[1:3])
+    torch.testing.assert_close(sim, F.cosine_similarity(one_by_one[:2], one_by_one[1:3]), atol=1e-5, rtol=0)
+
+
+def test_tokenize_truncates_and_flags():
+    model = tiny_model()
+    b = model.tokenize([TEXTS[3], TEXTS[4]], max_tokens=6)
+    assert b.input_ids.shape == (2, 6) and b.truncated == [True, False]
+    assert b.lengths == [6, 3]
+    sep = model.tokenizer.token_to_id("[SEP]")
+    assert b.input_ids[0, -1] == sep and b.input_ids[1, 2] == sep and b.input_ids[1, 3:].eq(0).all()
+    # max_tokens never exceeds config.max_len
+    assert model.tokenize([" ".join(TEXTS * 5)], max_tokens=1000).input_ids.shape[1] == model.config.max_len
+
+
+@pytest.mark.parametrize("nli_head", ["pair", "cross"])
+def test_predict_nli_returns_probabilities(nli_head):
+    model = tiny_model(nli_head)
+    premises, hypotheses = TEXTS[:4], TEXTS[1:5]
+    probs = model.predict_nli(premises, hypotheses, batch_size=3)
+    assert probs.shape == (4, len(NLI_LABELS)) and probs.dtype == torch.float32
+    assert (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    torch.testing.assert_close(probs, F.softmax(model.nli_logits(premises, hypotheses), -1), atol=1e-6, rtol=0)
+    assert (probs[0] - probs[2]).abs().max() > 1e-4  # depends on the input
+    assert model.predict_nli([], []).shape == (0, 3)
+    with pytest.raises(ValueError):
+        model.predict_nli(premises, hypotheses[:2])
+
+
+def test_cross_head_reads_the_pair_jointly():
+    model = tiny_model("cross")
+    b = model.tokenize([TEXTS[0]], [TEXTS[1]])
+    assert (b.input_ids[0] == model.tokenizer.token_to_id("[SEP]")).sum() == 2
+    assert model.parameter_counts()["nli_head"] == 32 * 16 + 16 + 16 * 3 + 3
+
+
+@pytest.mark.parametrize("nli_head", ["pair", "cross"])
+def test_save_load_round_trip(tmp_path, nli_head):
+    model = tiny_model(nli_head)
+    before_vec = model.encode(TEXTS)
+    before_nli = model.predict_nli(TEXTS[:3], TEXTS[2:5])
+    model.tokenize(TEXTS, max_tokens=4)  # a truncation setting must not leak into the saved tokenizer
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+    loaded = SentenceEncoder.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training
+    assert loaded.config == model.config
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    assert loaded.tokenizer.truncation is None
+    for text in TEXTS:
+        assert loaded.tokenizer.encode(text).ids == model.tokenizer.encode(text).ids
+    assert torch.equal(loaded.encode(TEXTS), before_vec)
+    assert torch.equal(loaded.predict_nli(TEXTS[:3], TEXTS[2:5]), before_nli)
+    assert loaded.parameter_counts() == model.parameter_counts()
+
+
+def test_from_pretrained_reports_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        SentenceEncoder.from_pretrained(tmp_path)
+
+
+def test_materialize_embeddings_keeps_outputs():
+    model = tiny_model()
+    before = model.encode(TEXTS)
+    assert model.materialize_embeddings() is True
+    torch.testing.assert_close(model.encode(TEXTS), before, atol=1e-5, rtol=0)
+    assert tiny_model(embedding="learned").materialize_embeddings() is False
+
+
+def test_parameter_counts_add_up():
+    model = tiny_model()
+    c = model.parameter_counts()
+    assert c["total"] == sum(p.numel() for p in model.parameters())
+    assert c["total"] == c["embedding"] + c["encoder"] + c["nli_head"]
+    assert c["embedding"] == 2 * 32 * 32 + 32 + 32  # PETE MLP 32 -> 32 -> 32, independent of V
+
+
+# ---- tokenizers ----------------------------------------------------------------------------------
+RANK_SENTENCES = [
+    "The dog chased the cat across the garden.",
+    "The children are playing football in the park.",
+    "A woman reads the newspaper; the man is cooking dinner.",
+    "Unbelievably, the xylophonist played the zither!",
+]
+
+
+VOCAB_SOURCES = [
+    pytest.param("tiny", id="tiny-vocab"),
+    pytest.param("bert", id="bert-vocab", marks=pytest.mark.skipif(
+        not BERT_VOCAB.is_file(), reason=f"BERT vocab not found at {BERT_VOCAB} (shared data absent)")),
+]
+
+
+@pytest.mark.parametrize("source", VOCAB_SOURCES)
+def test_frequency_ranked_tokenizer_permutes_bert_ids(tmp_path, source):
+    if source == "bert":
+        vocab_path = BERT_VOCAB
+        bert = build_bert_tokenizer(vocab_path)
+    else:
+        vocab = ["[PAD]", "zebra", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + tiny_vocab(RANK_SENTENCES)[5:]
+        vocab_path = tmp_path / "vocab.txt"
+        vocab_path.write_text("\n".join(vocab) + "\n")
+        bert = tokenizer_from_vocab(vocab)
+    ranked, perm = build_frequency_ranked_tokenizer(vocab_path, RANK_SENTENCES)
+    assert sorted(perm) == list(range(bert.get_vocab_size()))  # a permutation
+    probe = RANK_SENTENCES + ["An unseen qwertyuiop word, THE Dog!", "the the the"]
+    for text in probe:
+        e_bert, e_ranked = bert.encode(text), ranked.encode(text)
+        assert e_ranked.tokens == e_bert.tokens  # same segmentation
+        assert [perm[i] for i in e_ranked.ids] == e_bert.ids  # ids permuted: perm[new] = bert id
+    for new_id, tok in enumerate(SPECIAL_TOKENS):
+        assert ranked.token_to_id(tok) == new_id
+    counts = Counter(t for s in RANK_SENTENCES for t in bert.encode(s, add_special_tokens=False).tokens)
+    assert counts.most_common(2) == [("the", 9), (".", 3)]
+    assert ranked.token_to_id("the") == 5
+    # ids follow descending counts over the seen tokens
+    seen = sorted(counts, key=lambda t: ranked.token_to_id(t))
+    assert [counts[t] for t in seen] == sorted(counts.values(), reverse=True)
+    assert max(ranked.token_to_id(t) for t in seen) == 4 + len(counts)
+
+
+def test_tokenizer_from_vocab_requires_special_tokens():
+    with pytest.raises(ValueError, match="special"):
+        tokenizer_from_vocab(["[PAD]", "[UNK]", "hello"])
+
+
+# ---- the bundled checkpoint ----------------------------------------------------------------------
+@pytest.mark.skipif(not (CHECKPOINT / "config.json").is_file(),
+                    reason=f"bundled checkpoint {CHECKPOINT} not there yet (being trained)")
+def test_bundled_checkpoint_ranks_a_paraphrase_above_an_unrelated_pair():
+    model = SentenceEncoder.from_pretrained(CHECKPOINT)
+    sim = model.similarity(["A man is playing a guitar.", "A man is playing a guitar."],
+                           ["A person plays the guitar.", "The stock market fell sharply today."])
+    assert sim[0] > sim[1]
+    probs = model.predict_nli(["A man is playing a guitar."], ["A person plays the guitar."])
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1))
