@@ -1,0 +1,69 @@
+# syntax=docker/dockerfile:1
+# pete-serve image: CPU-only torch, pinned runtime deps from requirements.lock (the same file
+# `make serve` / `make test` install from), the project with its bundled checkpoint.
+#
+#   docker build -t pete-serve:0.1.0 .
+#   docker run --rm -p 8000:8000 -e PETE_WORKERS=1 -e PETE_TORCH_THREADS=2 pete-serve:0.1.0
+
+############################ builder ############################
+FROM python:3.11-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+
+# 1. torch, CPU build, on its own (its deps are pinned in the lock file).
+# 2. the pinned runtime closure. Layers stay cached until requirements.lock changes.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --no-deps \
+        --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && pip install --no-cache-dir -r requirements.lock
+
+# 3. the project itself (no deps: everything it needs came from the lock), checkpoint included
+#    as package data; fail the build if the checkpoint did not make it into the package.
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY model ./model
+RUN pip install --no-cache-dir --no-deps . \
+ && pip check \
+ && python -c "import pathlib, model; d = pathlib.Path(model.__file__).parent / 'checkpoints' / 'default'; missing = [n for n in ('config.json', 'model.safetensors', 'tokenizer.json') if not (d / n).is_file()]; assert not missing, f'bundled checkpoint incomplete in {d}: {missing}'"
+
+############################ runtime ############################
+FROM python:3.11-slim AS runtime
+
+LABEL org.opencontainers.image.title="pete-serve" \
+      org.opencontainers.image.description="REST inference service for a PETE-embedded sentence encoder (similarity, NLI, embeddings)" \
+      org.opencontainers.image.version="0.1.0"
+
+RUN groupadd --system --gid 10001 pete \
+ && useradd --system --uid 10001 --gid pete --home-dir /home/pete --create-home --shell /usr/sbin/nologin pete
+
+COPY --from=builder /opt/venv /opt/venv
+
+# The checkpoint ships inside the installed `model` package (see pyproject.toml package-data).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PETE_MODEL_PATH=/opt/venv/lib/python3.11/site-packages/model/checkpoints/default \
+    PETE_HOST=0.0.0.0 \
+    PETE_PORT=8000 \
+    PETE_WORKERS=1 \
+    PETE_TORCH_THREADS=2
+
+WORKDIR /home/pete
+USER 10001:10001
+
+EXPOSE 8000
+
+# No curl in slim images: a stdlib one-liner; urlopen raises (exit 1) on errors and non-2xx.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PETE_PORT', '8000') + '/healthz', timeout=4)"]
+
+# Exec form through sh so the env settings expand and uvicorn becomes PID 1 (gets SIGTERM).
+# PETE_WORKERS uvicorn processes, each limited to PETE_TORCH_THREADS intra-op threads
+# (the app applies PETE_TORCH_THREADS; OMP/MKL get the same value so BLAS pools agree).
+CMD ["sh", "-c", "export OMP_NUM_THREADS=\"${PETE_TORCH_THREADS}\" MKL_NUM_THREADS=\"${PETE_TORCH_THREADS}\"; exec uvicorn --factory app.main:create_app --host \"${PETE_HOST}\" --port \"${PETE_PORT}\" --workers \"${PETE_WORKERS}\" --timeout-graceful-shutdown 20"]

@@ -1,0 +1,136 @@
+"""deploy/k8s/: validated against the Kubernetes OpenAPI schemas bundled in kubernetes-validate
+(offline, strict: unknown fields are errors), then checked for the things that make the
+Deployment, Service, HPA and PDB work together."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate not installed (dev extra)")
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+K8S_VERSION = "1.30.0"  # oldest version we claim to support; validated against the newest too
+
+
+def _docs() -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                out.append((path, doc))
+    return out
+
+
+def _by_kind() -> dict[str, dict]:
+    kinds: dict[str, dict] = {}
+    for _, doc in _docs():
+        assert doc["kind"] not in kinds, f"two {doc['kind']} manifests"
+        kinds[doc["kind"]] = doc
+    return kinds
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, None])
+def test_manifests_validate_against_kubernetes_schema(version):
+    version = version or kubernetes_validate.utils.latest_version()
+    docs = _docs()
+    assert {d["kind"] for _, d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler",
+                                            "PodDisruptionBudget"}
+    for path, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{path.name}: {doc['kind']} invalid for Kubernetes {version}: {e.message} "
+                        f"at {'.'.join(map(str, e.path))}")
+
+
+def test_validator_rejects_a_broken_manifest():
+    """Guard against a validator that accepts anything (e.g. schemas missing offline)."""
+    dep = _by_kind()["Deployment"]
+    bad = yaml.safe_load(yaml.safe_dump(dep))
+    bad["spec"]["replicas"] = "two"
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["bogus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_api_versions():
+    kinds = _by_kind()
+    assert kinds["Deployment"]["apiVersion"] == "apps/v1"
+    assert kinds["Service"]["apiVersion"] == "v1"
+    assert kinds["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    assert kinds["PodDisruptionBudget"]["apiVersion"] == "policy/v1"
+
+
+def _container(dep: dict) -> dict:
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_deployment_probes_resources_security():
+    dep = _by_kind()["Deployment"]
+    pod = dep["spec"]["template"]
+    c = _container(dep)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == 8000
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] in ("http", 8000)
+    res = c["resources"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(res[kind])
+    env = {e["name"]: e for e in c["env"]}
+    # one worker per pod; torch threads equal to the CPU limit
+    assert env["PETE_WORKERS"]["value"] == "1"
+    assert env["PETE_TORCH_THREADS"]["value"] == str(res["limits"]["cpu"])
+    assert env["PETE_PORT"]["value"] == str(ports["http"])
+    assert env["PETE_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    ann = pod["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(ports["http"])
+    assert ann["prometheus.io/path"] == "/metrics"
+    psc = pod["spec"]["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
+    csc = c["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"]["drop"] == ["ALL"]
+    if csc.get("readOnlyRootFilesystem"):
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert "/tmp" in mounts, "a read-only root filesystem needs a writable /tmp"
+
+
+def test_uid_and_port_match_the_dockerfile():
+    docker = (ROOT / "Dockerfile").read_text()
+    uid = re.search(r"^USER (\d+)", docker, re.M).group(1)
+    dep = _by_kind()["Deployment"]
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
+    assert re.search(r"^EXPOSE 8000$", docker, re.M)
+
+
+def test_service_hpa_pdb_select_the_deployment():
+    kinds = _by_kind()
+    dep = kinds["Deployment"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert sel.items() <= pod_labels.items()
+    svc = kinds["Service"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] in ("http", 8000)
+    pdb = kinds["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    hpa = kinds["HorizontalPodAutoscaler"]
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", dep["metadata"]["name"])
+    assert 1 <= pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # utilization targets need CPU requests on the container
+    assert "cpu" in _container(dep)["resources"]["requests"]
