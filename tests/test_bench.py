@@ -1,0 +1,227 @@
+"""bench/: the pieces the benchmark reports are built from (percentiles, tables, FLOP counting,
+log parsing, target evaluation). Fast, no servers, no training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (fmt_num, free_port, latency_summary, make_random_checkpoint, markdown_table, percentile,
+                          proc_cpu_seconds, proc_memory, write_json)
+from bench.embedding_study import add_ratios, mean_step_time, parse_step_times, stage_spec, study_markdown
+from bench.flops import (encoder_forward_flops, flop_spec, flops_markdown, linear_params_per_token, measure_matmul,
+                         run_flops_section)
+from bench.serving import evaluate_targets, parse_metrics, probe_agreement, request_bodies
+
+torch.set_num_threads(1)
+
+
+# ---- percentiles and tables ----------------------------------------------------------------------
+def test_percentile_hand_values():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(xs, 0) == 1.0
+    assert percentile(xs, 100) == 4.0
+    assert percentile(xs, 50) == 2.5
+    assert percentile(xs, 25) == pytest.approx(1.75)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(xs, 101)
+
+
+def test_percentile_matches_numpy_linear():
+    rng = random.Random(0)
+    xs = [rng.expovariate(1.0) for _ in range(257)]
+    for q in (1, 50, 95, 99, 99.9):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)), rel=1e-12)
+
+
+def test_latency_summary_in_ms():
+    s = latency_summary([0.001, 0.002, 0.003, 0.004, 0.100])
+    assert s["n"] == 5
+    assert s["p50_ms"] == pytest.approx(3.0)
+    assert s["max_ms"] == pytest.approx(100.0)
+    assert s["mean_ms"] == pytest.approx(22.0)
+    assert math.isnan(latency_summary([])["p99_ms"])
+
+
+def test_markdown_table_formats_and_escapes():
+    rows = [{"a": 1234567, "b": 0.12345, "c": "x|y"}, {"a": None, "b": float("nan")}]
+    md = markdown_table(rows, [("a", "A"), ("b", "B", lambda v: fmt_num(v, 3)), ("c", "C")])
+    lines = md.splitlines()
+    assert lines[0] == "| A | B | C |"
+    assert lines[1] == "|---|---|---|"
+    assert lines[2] == "| 1,234,567 | 0.123 | x\\|y |"
+    assert lines[3] == "| – | – | – |"
+    assert fmt_num(True) == "yes"
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    p = write_json(tmp_path / "sub" / "r.json", {"x": float("nan"), "y": [1.5, float("inf")], "p": tmp_path})
+    data = json.loads(p.read_text())
+    assert data["x"] is None and data["y"] == [1.5, None] and data["p"] == str(tmp_path)
+
+
+def test_proc_helpers_on_this_process():
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc")
+    mem = proc_memory(os.getpid())
+    assert mem["rss_bytes"] > 10 * 2**20 and mem["hwm_bytes"] >= mem["rss_bytes"]
+    assert proc_cpu_seconds(os.getpid()) > 0
+    assert proc_memory(2**22 + 12345) == {}  # no such process
+    assert 0 < free_port() < 65536
+
+
+# ---- FLOP counting ---------------------------------------------------------------------------------
+SPEC = {"dim": 4, "ffn_dim": 8, "n_layers": 1, "ffn_matrices": 3, "embedding": "fourier", "mlp_hidden": 3}
+
+
+def test_flops_hand_count():
+    # Per token: qkv 4*12 + out 4*4 + up 4*16 + down 8*4 = 48 + 16 + 64 + 32 = 160 weights.
+    assert linear_params_per_token(SPEC) == 160
+    f = encoder_forward_flops(SPEC, batch=1, seq_len=2)
+    assert f["linear"] == 2 * 160 * 2  # 640
+    assert f["attention"] == 2 * 2 * 2 * 2 * 4  # QK^T (2x2 scores, 4 MACs each) + AV (same) = 64
+    assert f["embedding"] == 0  # materialized table: a lookup
+    assert f["total"] == 704
+    g = encoder_forward_flops(SPEC, batch=1, seq_len=2, unique_ids=2, materialized=False)
+    assert g["embedding"] == 2 * 2 * (4 * 3 + 3 * 4)  # MLP d->h->d once per distinct id: 96
+    two = encoder_forward_flops({**SPEC, "n_layers": 2}, batch=3, seq_len=5)
+    one = encoder_forward_flops(SPEC, batch=3, seq_len=5)
+    assert two["total"] == 2 * one["total"]
+
+
+def test_flops_linear_part_matches_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.encoder import Encoder, EncoderConfig
+
+    cfg = EncoderConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, ffn_dim=48, embedding="learned",
+                        embedding_options={})
+    enc = Encoder(cfg).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        enc(ids, mask)
+    mm = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "mm" in str(k))
+    spec = {"dim": 32, "ffn_dim": 48, "n_layers": 2, "ffn_matrices": 3, "embedding": "learned"}
+    assert mm == encoder_forward_flops(spec, 3, 7)["linear"]
+
+
+def test_flop_spec_reads_the_config(tmp_path):
+    from model.encoder import SentenceEncoder
+
+    model = SentenceEncoder.from_pretrained(make_random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
+    spec = flop_spec(model)
+    assert (spec["dim"], spec["ffn_dim"], spec["n_layers"], spec["ffn_matrices"]) == (16, 24, 1, 3)
+    assert spec["mlp_hidden"] == 16
+
+
+def test_flops_section_smoke(tmp_path):
+    from model.encoder import SentenceEncoder
+
+    model = SentenceEncoder.from_pretrained(make_random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
+    texts = ["a man plays a guitar .", "a dog runs in the park", "two children sit"]
+    sec = run_flops_section(model, texts, threads=[1], batch_sizes=[2], seconds=0.03, matmul_n=32,
+                            profile_iterations=2)
+    assert len(sec["encoder"]) == 2  # table materialized and computed
+    for r in sec["encoder"]:
+        assert r["embed_gflops"] > 0 and r["peak_gflops"] > 0 and r["runner_ms_per_batch"] > 0
+    assert sec["profile"]["cprofile"] and sec["profile"]["torch_ops"]
+    md = flops_markdown(sec)
+    assert "How close to the limit" in md and "aten::" in md
+    assert measure_matmul(16, 16, 16, 1, seconds=0.01)["gflops"] > 0
+
+
+# ---- embedding study bookkeeping --------------------------------------------------------------------
+LOG = """\
+2026-01-01 10:00:00,000 INFO args {...}
+2026-01-01 10:00:10,000 INFO contrastive step 10/30 lr 1e-3 infonce 3.1 scale 20.0 (1.00s/step)
+2026-01-01 10:00:20,000 INFO contrastive step 20/30 lr 1e-3 infonce 3.0 scale 20.0 (1.00s/step)
+2026-01-01 10:00:22,000 INFO resumed at stage 0 step 20
+2026-01-01 10:01:00,000 INFO contrastive step 10/30 lr 1e-3 infonce 3.1 scale 20.0 (9.00s/step)
+2026-01-01 10:01:05,000 INFO contrastive step 20/30 lr 1e-3 infonce 3.0 scale 20.0 (7.00s/step)
+2026-01-01 10:01:10,000 INFO contrastive step 30/30 lr 1e-3 infonce 2.9 scale 20.0 (6.00s/step)
+2026-01-01 10:01:11,500 INFO sts step 5/5 lr 1e-4 cosent 2.0 scale 20.0 (0.25s/step)
+"""
+
+
+def test_parse_step_times_uses_timestamps_of_the_last_run():
+    st = parse_step_times(LOG)
+    assert st["contrastive"] == {"s_per_step": pytest.approx(0.5), "steps": 30}  # 10 s over 20 steps
+    assert st["sts"] == {"s_per_step": 0.25, "steps": 5}  # one line: the logged mean
+    assert mean_step_time(st) == pytest.approx((0.5 * 30 + 0.25 * 5) / 35)
+    assert math.isnan(mean_step_time({}))
+
+
+def test_stage_spec():
+    assert stage_spec("400") == "contrastive:400,sts:100"
+    assert stage_spec("2", nli_steps=3) == "contrastive:2,sts:1,nli:3"
+    assert stage_spec("contrastive:5,sts:2") == "contrastive:5,sts:2"
+
+
+def test_study_markdown_and_ratios():
+    results = add_ratios([
+        {"kind": "learned", "dim": 256, "embedding_params": 100, "embedding_params_closed_form": 100,
+         "total_params": 1000, "sts_test_spearman": 70.0, "train_s_per_step": 2.0, "encode_sps": 100.0},
+        {"kind": "fourier", "dim": 256, "embedding_params": 10, "embedding_params_closed_form": 10,
+         "total_params": 910, "sts_test_spearman": 65.0, "train_s_per_step": 3.0, "encode_sps": 100.0,
+         "encode_sps_computed": 50.0, "inference_table_bytes": 2**20},
+        {"kind": "hashed", "dim": 256, "error": "RuntimeError: boom"},
+    ])
+    assert results[1]["step_time_vs_learned"] == pytest.approx(1.5)
+    md = study_markdown({"results": results, "machine": {"cpu": "x", "cpu_count": 2}, "threads": 2,
+                         "recipe": {"stages": "contrastive:1,sts:1", "layers": 2, "ffn_mult": 4, "seed": 0},
+                         "command": "python -m bench.embedding_study"})
+    assert "| 256 | `fourier` | 10 | 910 |" in md
+    assert "1.50x" in md and "1.0" in md  # step ratio, table MiB
+    assert "## Failed runs" in md and "boom" in md
+
+
+# ---- serving bookkeeping ---------------------------------------------------------------------------
+def test_request_bodies_and_metrics_parsing():
+    bodies = request_bodies([("a", "b"), ("c", "d"), ("e", "f")], pairs_per_request=2)
+    assert len(bodies) == 1
+    assert json.loads(bodies[0]) == {"pairs": [{"text_a": "a", "text_b": "b"}, {"text_a": "c", "text_b": "d"}]}
+    text = """# HELP x
+pete_batch_size_sum 10.0
+pete_batch_size_count 4.0
+pete_request_duration_seconds_count{endpoint="/similarity",status="200"} 3.0
+pete_request_duration_seconds_count{endpoint="/similarity",status="429"} 2.0
+"""
+    m = parse_metrics(text)
+    assert m["pete_batch_size_sum"] == 10.0 and m["pete_request_duration_seconds_count"] == 5.0
+
+
+def _scenario(sat, p32=None, p99=None, hwm=None, probe=None):
+    phases = [{"loop": "closed", "clients": 32, "pairs_per_s": p32 if p32 is not None else sat}]
+    if p99 is not None:
+        phases.append({"loop": "open", "n": 100, "p99_ms": p99})
+    return {"saturation_pairs_per_s": sat, "phases": phases, "memory_end": {"hwm_bytes": hwm} if hwm else {},
+            "probe_scores": probe or [0.5]}
+
+
+def test_evaluate_targets():
+    rows = evaluate_targets({"pete": _scenario(1000.0, p99=40.0, hwm=300 * 2**20, probe=[0.5, 0.25]),
+                             "pete_nobatch": _scenario(300.0, probe=[0.5, 0.25 + 1e-7]),
+                             "minilm": _scenario(250.0)})
+    by = {r["target"].split(" ")[2]: r for r in rows}
+    assert by["minilm"]["value"] == pytest.approx(4.0) and by["minilm"]["met"] is False
+    assert by["pete_nobatch"]["value"] == pytest.approx(1000 / 300) and by["pete_nobatch"]["met"] is False
+    assert rows[2]["met"] is True and rows[3]["value"] == pytest.approx(300.0) and rows[3]["met"] is True
+    none = evaluate_targets({"pete": _scenario(10.0)})
+    assert [r["met"] for r in none] == [None, None, None, None]
+    agree = probe_agreement({"pete": _scenario(1.0, probe=[0.5, 0.25]),
+                             "pete_nobatch": _scenario(1.0, probe=[0.5, 0.25 + 1e-7])})
+    assert agree[0]["max_abs_diff"] == pytest.approx(1e-7)
