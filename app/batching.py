@@ -96,6 +96,7 @@ class MicroBatcher:
         self._inflight: list[WorkItem] = []
         self._accepting = False
         self._closing = False
+        self._max_depth = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -257,4 +258,8 @@ class MicroBatcher:
 
     def _set_depth(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.set(self._queue.qsize())
+            depth = self._queue.qsize()
+            self._metrics.queue_depth.set(depth)
+            if depth > self._max_depth:  # called right after every enqueue: the exact high-water mark
+                self._max_depth = depth
+                self._metrics.queue_depth_max.set(depth)

@@ -3,6 +3,8 @@
 Body: ``{"error": <code>, "message": <text>, "detail": [{"field": "pairs.0.text_a", "message": ...}]}``
 (``detail`` only for 422 and field-specific 413). Status codes:
 
+- 400 ``http_400`` / ``bad_request``: the body is not decodable (not UTF-8, nested too deep) or the
+  ``Content-Length`` header is not a number.
 - 401 ``unauthorized``: API key set and missing or wrong (``WWW-Authenticate: Bearer``).
 - 413 ``too_many_items`` / ``body_too_large``: more pairs/inputs than allowed, body over the limit.
 - 422 ``invalid_request``: malformed JSON, wrong types, empty strings or lists, unknown fields, a

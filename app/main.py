@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -80,6 +82,9 @@ def main() -> None:
     import uvicorn
 
     settings = Settings()
+    # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal; with the
+    # default handler the process would die by SIGTERM (status 143) after a clean drain. Exit 0 instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level,
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))

@@ -35,6 +35,7 @@ class Metrics:
         batch_size [pete_batch_size]: sequences per encoder forward pass.
         batch_tokens [pete_batch_tokens]: padded tokens (rows x longest row) per forward pass.
         queue_depth [pete_queue_depth]: work items waiting now.
+        queue_depth_max [pete_queue_depth_max]: most work items ever waiting at once (high-water mark).
         rejected [pete_rejected_requests_total{reason}]: requests refused (4xx/5xx by the service).
         dropped [pete_dropped_items_total]: work items dropped before compute (client gone, timed out).
         batch_failures [pete_batch_failures_total]: batches whose compute raised.
@@ -63,6 +64,9 @@ class Metrics:
             "pete_batch_tokens", "Padded tokens (rows x longest row) per encoder forward pass.",
             buckets=_TOKEN_BUCKETS, registry=r)
         self.queue_depth = Gauge("pete_queue_depth", "Work items waiting in the batch queue.", registry=r)
+        self.queue_depth_max = Gauge(
+            "pete_queue_depth_max", "Most work items ever waiting in the batch queue at once (high-water mark "
+            "since start; never above the queue capacity).", registry=r)
         self.rejected = Counter(
             "pete_rejected_requests", "Requests refused by the service, by reason.", ["reason"], registry=r)
         self.dropped = Counter(

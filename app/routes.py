@@ -22,7 +22,7 @@ from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, Error
 from app.service import Service
 from model.encoder import NLI_LABELS
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
 
 ENDPOINTS = ("/similarity", "/nli", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
 

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Longest time, in milliseconds, the batcher waits for more work after the "
                                "first item of a batch arrives.")
     queue_capacity: int = Field(
-        1024, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
+        512, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
                                 "pair or an embedding input 1); a request that does not fit gets 429.")
 
     # ---- request limits ---------------------------------------------------------------------

@@ -46,7 +46,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from model.data import NLI_LABEL_IDS, DataPaths, NLIPair, caption_groups, read_nli, read_sentences, read_sts
-from model.encoder import EncoderConfig, SentenceEncoder
+from model.encoder import CrossHead, Encoder, EncoderConfig, PairHead, SentenceEncoder
 from model.scoring import nli_accuracy, sts_scores
 from model.tokenizer import build_bert_tokenizer, build_frequency_ranked_tokenizer, read_vocab
 
@@ -434,7 +434,13 @@ class Trainer:
 def build_model(args: argparse.Namespace, data: TrainData) -> SentenceEncoder:
     """A fresh model from the CLI's config options (or --init), with the chosen tokenizer."""
     if args.init:
-        return SentenceEncoder.from_pretrained(args.init).train()
+        model = SentenceEncoder.from_pretrained(args.init).train()
+        if args.nli_head != model.config.nli_head:  # e.g. measure a cross-encoder on a trained encoder
+            model.config.nli_head = args.nli_head
+            head = CrossHead if args.nli_head == "cross" else PairHead
+            model.nli_head = head(model.config.dim, model.config.nli_hidden)
+            model.nli_head.apply(Encoder._init)
+        return model
     out = Path(args.out)
     vocab_path = data.paths.bert_vocab
     if args.tokenizer == "frequency":
