@@ -30,8 +30,9 @@ class Settings(BaseSettings):
         None, description="Name reported as `model` in responses and /info; default: the checkpoint "
                           "directory's name.")
     materialize_embeddings: bool = Field(
-        True, description="Precompute the PETE embedding table at load (faster inference, V*d*4 more "
-                          "bytes); ignored for embedding kinds without one.")
+        False, description="Precompute the PETE embedding table at load (V*d*4 more bytes); ignored for "
+                           "embedding kinds without one. Off by default: bench/results/serving.md measured "
+                           "no speed-up (the MLP runs once per distinct id of a batch) and ~75 MB more RSS.")
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for inference; 0 keeps torch's default (one per core).")
 
