@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model.encoder import EncoderConfig, PairHead, SentenceEncoder, TokenBatch, mean_pool
+from model.encoder import EncoderConfig, PairHead, SentenceEncoder, mean_pool
 
 
 def teacher_model_dir() -> Path:
@@ -96,16 +95,8 @@ class TeacherEncoder(nn.Module):
         states = self.bert(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
         return F.normalize(mean_pool(states, attention_mask), dim=-1)
 
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = False) -> torch.Tensor:
-        """(N, 384) vectors, length-sorted batches, order kept (like ``SentenceEncoder.encode``)."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.config.dim)
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            b: TokenBatch = self.tokenize([texts[i] for i in idx])
-            out[idx] = self.embed(b.input_ids, b.attention_mask)
-        return out
+    # Same length-sorted batching as PETE's model (it only needs .tokenize, .embed, .config.dim).
+    encode = SentenceEncoder.encode
 
     def parameter_counts(self) -> dict[str, int]:
         emb = sum(p.numel() for p in self.bert.embeddings.parameters())
