@@ -4,8 +4,10 @@
 ``WorkItem``s into one output each. Texts to embed (and, with the pair NLI head, both sides of
 every NLI pair) are tokenized together, sorted by length and split into forward passes of at most
 ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens; cross-head NLI pairs are
-tokenized jointly and encoded the same way. Every row is computed exactly as if it were alone
-(padding never reaches the pooled vector), so a result does not depend on its batch-mates.
+tokenized jointly and encoded the same way. Every row is computed as if it were alone (padding
+never reaches the pooled vector; an int8 model quantizes each token with its own scale), so a
+result does not depend on its batch-mates (float32: to ~1e-6; int8: to ~1e-4, when a float32
+rounding difference moves a value across an int8 rounding boundary).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class NliOutput:
 
 
 def model_nbytes(model: torch.nn.Module) -> int:
-    """Bytes held by the model's parameters and buffers (a materialized embedding table included)."""
+    """Bytes held by the model's parameters and buffers (a materialized embedding table and the int8
+    weights of a quantized model, which are buffers, included)."""
     tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
     return sum(t.numel() * t.element_size() for t in tensors)
 

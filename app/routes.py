@@ -102,7 +102,7 @@ async def info(request: Request) -> InfoResponse:
     return InfoResponse(
         model=svc.model_name, embedding_kind=cfg.embedding, nli_head=cfg.nli_head, dimensions=cfg.dim,
         parameters=Parameters(**svc.model.parameter_counts()), model_bytes=svc.model_bytes,
-        materialized_embeddings=svc.materialized, labels=list(NLI_LABELS),
+        materialized_embeddings=svc.materialized, quantization=svc.model.quantization, labels=list(NLI_LABELS),
         limits=Limits(max_pairs_per_request=s.max_pairs_per_request, max_chars_per_text=s.max_chars_per_text,
                       max_tokens_per_text=svc.runner.max_tokens, max_body_bytes=s.max_body_bytes,
                       request_timeout_s=s.request_timeout_s),

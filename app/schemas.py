@@ -141,6 +141,8 @@ class InfoResponse(BaseModel):
     parameters: Parameters
     model_bytes: int = Field(description="Bytes held by parameters and buffers.")
     materialized_embeddings: bool = Field(description="PETE embedding table precomputed at load.")
+    quantization: Literal["none", "int8"] = Field(description="Linear layers served in float32 (none) or "
+                                                              "dynamically quantized to int8.")
     labels: list[str] = Field(description="NLI labels, in probability order.")
     limits: Limits
     auth_required: bool = Field(description="POST endpoints need an API key.")

@@ -25,6 +25,18 @@ log = logging.getLogger("pete.service")
 BatchHook = Callable[[list[WorkItem]], None]
 
 
+def release_free_heap() -> bool:
+    """Return freed heap memory to the OS (glibc ``malloc_trim(0)``): after the warm-up, which runs
+    the largest possible batch, this lowers the idle RSS by ~80 MB. Returns False where glibc is not
+    available (other platforms, musl): nothing happens there."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class Service:
     """Holds settings, metrics, the model, the runner and the batcher.
 
@@ -65,8 +77,9 @@ class Service:
             torch.set_num_threads(s.torch_threads)
         log.info("loading model from %s", s.model_path)
         self.model = await asyncio.to_thread(SentenceEncoder.from_pretrained, s.model_path)
-        if s.materialize_embeddings:
+        if s.materialize_embeddings:  # before quantizing: the table is computed in float32
             self.materialized = await asyncio.to_thread(self.model.materialize_embeddings)
+        await asyncio.to_thread(self.model.quantize, s.quantize)
         self.runner = ModelRunner(self.model, max_tokens=s.max_tokens_per_text, max_batch_size=s.max_batch_size,
                                   max_batch_tokens=s.max_batch_tokens, observe_pass=self.metrics.observe_pass)
         compute: Callable[[list[WorkItem]], list[Any]] = self.runner
@@ -88,6 +101,7 @@ class Service:
         # ~0.1 s under load, which is the p99 of every response, the fast 429s included.
         gc.collect()
         gc.freeze()
+        release_free_heap()  # the warm-up's activations were freed; give their pages back to the OS
         self.ready = True
         log.info("ready: model %s (%s embedding, %s NLI head)", self.model_name, self.model.config.embedding,
                  self.model.config.nli_head)

@@ -8,6 +8,7 @@ field names or descriptions: ``_ms`` milliseconds, ``_s`` seconds, ``_bytes`` by
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
         False, description="Precompute the PETE embedding table at load (V*d*4 more bytes); ignored for "
                            "embedding kinds without one. Off by default: bench/results/serving.md measured "
                            "no speed-up (the MLP runs once per distinct id of a batch) and ~75 MB more RSS.")
+    quantize: Literal["none", "int8"] = Field(
+        "int8", description="`int8`: the encoder's linear layers run as int8 (per-channel weights, "
+                            "per-token activations: model/quantize.py, SentenceEncoder.quantize) from load on; "
+                            "faster on CPU, answers independent of batch-mates, STS-B test within 0.5 Spearman "
+                            "points (model/checkpoints/default/int8/REPORT.md). `none`: serve float32.")
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for inference; 0 keeps torch's default (one per core).")
 
@@ -41,8 +47,10 @@ class Settings(BaseSettings):
         32, ge=1, description="Most work items (texts to embed, or NLI pairs) gathered into one batch, "
                               "and most sequences in one encoder forward pass.")
     max_batch_tokens: int = Field(
-        8192, ge=1, description="Most padded tokens (rows x longest row) in one encoder forward pass; a "
-                                "batch is sorted by length and split into passes that respect it.")
+        2048, ge=1, description="Most padded tokens (rows x longest row) in one encoder forward pass; a "
+                                "batch is sorted by length and split into passes that respect it. Bounds the "
+                                "activation memory of a pass (8192 raised the service's peak RSS by ~70 MB); "
+                                "32 sentences of typical length fit in one pass.")
     max_wait_ms: float = Field(
         5.0, ge=0, description="Longest time, in milliseconds, the batcher waits for more work after the "
                                "first item of a batch arrives.")

@@ -5,23 +5,27 @@
 1. The machine: fp32 ``torch.mm`` FLOP/s for square matrices (n = 1024 by default) and for the
    encoder's own GEMM shapes, per torch thread count.
 2. The encoder: a forward pass's FLOPs are counted analytically (``encoder_forward_flops``) for the
-   padded (B, T) batch actually computed, and divided by the measured time of ``model.embed`` on
-   realistic batches (STS-B test sentences, as the service batches them: sorted by length, padded to
-   the longest row) -> achieved FLOP/s and its fraction of the best matmul rate measured at the same
+   work actually done (PETE's packed encoder: the real tokens; a padded encoder: the (B, T) grid),
+   and divided by the measured time of ``model.embed`` on realistic batches (STS-B test sentences
+   in random order, as concurrent requests bring them, tokenized like the service does) -> achieved FLOP/s and its fraction of the best matmul rate measured at the same
    thread count. The same work timed
    through ``ModelRunner`` (tokenize + encode + copy out, i.e. the service's batch compute) gives the
    fraction the serving path reaches.
 3. The profile: cProfile (Python-level hot spots) and ``torch.profiler`` (operator-level) of
    ``ModelRunner`` computing realistic batches.
 
-FLOP counting (``encoder_forward_flops``), per forward of B sequences padded to T tokens:
+FLOP counting (``encoder_forward_flops``), per forward of B sequences padded to T tokens, N of
+them real (N = B*T for a padded encoder, which computes the padding too):
 
-- linear layers: 2 * P_lin * B*T, with P_lin = n_layers * (4 d^2 + m * d * f) the weights a token
+- linear layers: 2 * P_lin * N, with P_lin = n_layers * (4 d^2 + m * d * f) the weights a token
   meets (qkv 3d^2, out d^2, feed-forward m*d*f: m = 3 for GeGLU (up 2f, down f), 2 for BERT's FFN);
 - attention: n_layers * 4 * B * T^2 * d (Q K^T and A V, all heads together);
 - embedding: 0 for a table lookup (a materialized PETE table included); when PETE is computed per
   request its MLP runs once per distinct id in the batch: 4 * d * h * U (U distinct ids), and a
-  factorized / hash-signature embedding projects every token (2 * E * d per token).
+  factorized / hash-signature embedding projects every token (2 * E * d per token, N tokens).
+
+An int8-quantized model (``SentenceEncoder.quantize``) does the same arithmetic in int8; its rows
+show fp32-equivalent FLOP/s against the fp32 peak (they can pass 100%).
 Norms, RoPE, GELU, softmax, pooling and the Fourier features are elementwise (O(B*T*d)) and left out,
 so the count is a slight underestimate of the work done (the achieved fraction is conservative).
 """
@@ -50,7 +54,8 @@ def flop_spec(model: Any) -> dict[str, Any]:
     return {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "n_layers": cfg.n_layers,
             "ffn_matrices": getattr(model, "ffn_matrices", 3), "embedding": cfg.embedding,
             "mlp_hidden": opts.get("mlp_hidden", 256), "factor_dim": opts.get("factor_dim", 64),
-            "num_bits": opts.get("num_bits", 128)}
+            "num_bits": opts.get("num_bits", 128),
+            "packed": hasattr(getattr(model, "encoder", None), "forward_packed")}
 
 
 def linear_params_per_token(spec: dict[str, Any]) -> int:
@@ -71,13 +76,17 @@ def embedding_flops(spec: dict[str, Any], tokens: int, unique_ids: int, material
     return 0  # learned / hashed tables, BERT's word table: lookups
 
 
-def encoder_forward_flops(spec: dict[str, Any], batch: int, seq_len: int, *, unique_ids: int | None = None,
-                          materialized: bool = True) -> dict[str, int]:
+def encoder_forward_flops(spec: dict[str, Any], batch: int, seq_len: int, *, real_tokens: int | None = None,
+                          unique_ids: int | None = None, materialized: bool = True) -> dict[str, int]:
     """FLOPs (multiply-add = 2) of one encoder forward on a (batch, seq_len) padded batch.
 
+    A packed encoder (``spec["packed"]``: PETE's ``Encoder.forward_packed``) runs the per-token work
+    on the ``real_tokens`` real tokens only; attention is counted on the padded (B, T) grid either way.
     Returns {"linear", "attention", "embedding", "total"} (see the module docstring for the terms).
     """
     tokens = batch * seq_len
+    if spec.get("packed") and real_tokens is not None:
+        tokens = real_tokens
     linear = 2 * linear_params_per_token(spec) * tokens
     attention = spec["n_layers"] * 4 * batch * seq_len * seq_len * spec["dim"]
     emb = embedding_flops(spec, tokens, tokens if unique_ids is None else unique_ids, materialized)
@@ -108,13 +117,15 @@ def measure_matmul(m: int, k: int, n: int, threads: int, seconds: float = 1.0) -
 
 
 # ---- the encoder ---------------------------------------------------------------------------------
-def batches_of(texts: Sequence[str], batch_size: int, count: int) -> list[list[str]]:
-    """``count`` consecutive batches of ``batch_size`` texts (cycling through ``texts``)."""
-    out, i = [], 0
-    for _ in range(count):
-        out.append([texts[(i + j) % len(texts)] for j in range(batch_size)])
-        i += batch_size
-    return out
+def batches_of(texts: Sequence[str], batch_size: int, count: int, seed: int = 0) -> list[list[str]]:
+    """``count`` batches of ``batch_size`` texts drawn from ``texts`` in a seeded random order (as
+    concurrent requests arrive: neighbouring STS-B rows have similar lengths, which would understate
+    the padding a served batch carries)."""
+    import random
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    return [[texts[order[(k * batch_size + j) % len(order)]] for j in range(batch_size)] for k in range(count)]
 
 
 def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, threads: int, seconds: float = 2.0,
@@ -138,7 +149,8 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
     for tb in toks:
         B, T = tb.input_ids.shape
         u = int(torch.unique(tb.input_ids).numel())
-        flops += encoder_forward_flops(spec, B, T, unique_ids=u, materialized=materialized)["total"]
+        flops += encoder_forward_flops(spec, B, T, real_tokens=sum(tb.lengths), unique_ids=u,
+                                       materialized=materialized)["total"]
         real_tokens += sum(tb.lengths)
         padded_tokens += B * T
 
@@ -249,9 +261,12 @@ def profile_runner(model: Any, texts: Sequence[str], *, batch_size: int, threads
 # ---- the whole section -------------------------------------------------------------------------------
 def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int], batch_sizes: Sequence[int],
                       seconds: float = 2.0, matmul_n: int = 1024, profile: bool = True,
-                      profile_iterations: int = 20, name: str = "pete") -> dict[str, Any]:
-    """Peak matmul, encoder achieved FLOP/s (materialized and not, when the kind has a table), the
-    fraction of peak, and a profile at the largest batch size and thread count."""
+                      profile_iterations: int = 20, name: str = "pete",
+                      quantize: Sequence[str] = ("none",)) -> dict[str, Any]:
+    """Peak matmul, encoder achieved FLOP/s (materialized and not, when the kind has a table; and for
+    each mode in ``quantize`` other than "none", a quantized copy as the service runs it, table
+    computed), the fraction of peak, and a profile (of ``model`` as given) at the largest batch
+    size and thread count."""
     spec = flop_spec(model)
     peaks, shapes = {}, []
     d, f = spec["dim"], spec["ffn_dim"]
@@ -274,8 +289,25 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
                 r["peak_gflops"] = peak
                 r["embed_fraction_of_peak"] = r["embed_gflops"] / peak
                 r["runner_fraction_of_peak"] = r["runner_gflops"] / peak
+                r["quantization"] = "none"
                 encoder.append(r)
     set_materialized(model, True)
+    for mode in [q for q in quantize if q != "none" and hasattr(model, "quantize")]:
+        import copy
+
+        qmodel = copy.deepcopy(model)
+        set_materialized(qmodel, False)
+        qmodel.quantize(mode)
+        for t in threads:
+            for bs in batch_sizes:
+                r = measure_encoder(qmodel, texts, batch_size=bs, threads=t, seconds=seconds,
+                                    materialized=not has_table)
+                r["materialized"] = False if has_table else None
+                peak = max(x["gflops"] for x in [peaks[t]] + [x for x in shapes if x["threads"] == t])
+                r.update(peak_gflops=peak, embed_fraction_of_peak=r["embed_gflops"] / peak,
+                         runner_fraction_of_peak=r["runner_gflops"] / peak, quantization=mode)
+                encoder.append(r)
+        del qmodel
     out = {"model": name, "spec": spec, "matmul_peak": list(peaks.values()), "matmul_shapes": shapes,
            "encoder": encoder}
     if profile:
@@ -294,9 +326,11 @@ def flops_markdown(section: dict[str, Any], title_level: str = "##") -> str:
                             [("m", "m"), ("k", "k"), ("n", "n"), ("threads", "threads"), ("gflops", "GFLOP/s")]),
              "\nEncoder forward (`model.embed`) and the service batch compute (`ModelRunner`: tokenize + "
              "encode), achieved GFLOP/s and fraction of the peak (the best matmul above at the same thread "
-             "count). *table*: PETE embedding table materialized (yes) or computed per batch (no):\n",
+             "count). *table*: PETE embedding table materialized (yes) or computed per batch (no); *weights*: "
+             "fp32, or int8 (fp32-equivalent FLOP/s, so the fraction can pass 100%):\n",
              markdown_table(s["encoder"], [
                  ("batch_size", "batch"), ("threads", "threads"), ("materialized", "table"),
+                 ("quantization", "weights", lambda v: "fp32" if v in (None, "none") else v),
                  ("mean_padded_len", "T (padded)"), ("padding_fraction", "pad frac", lambda v: f"{v:.2f}"),
                  ("flops_per_batch", "MFLOP/batch", lambda v: f"{v / 1e6:,.1f}"),
                  ("embed_ms_per_batch", "embed ms", lambda v: f"{v:.2f}"),

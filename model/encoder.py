@@ -7,8 +7,10 @@ save/load + the inference API the service calls).
 
 Blocks are pre-norm (RMSNorm, Zhang & Sennrich 2019), attention uses RoPE (Su et al. 2021) and
 ``scaled_dot_product_attention`` with a key padding mask, the feed-forward is GeGLU (Shazeer 2020).
-No dropout. Padding never reaches the pooled vector: keys at padded positions are masked out and
-pooling averages valid positions only, so extra padding leaves the embedding unchanged.
+No dropout. Padding never reaches the pooled vector: the per-token ops (embedding, norms,
+projections, feed-forward) run on the real tokens only (``Packing``), keys at padded positions are
+masked out of attention, and pooling averages real tokens only, so extra padding leaves the
+embedding unchanged and costs no FLOPs outside attention.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model.embeddings import build_embedding
+from model.quantize import is_quantized, quantize_linear_int8, weight_tensors
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+QUANTIZATION_MODES = ("none", "int8")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 
 
@@ -60,7 +64,11 @@ class EncoderConfig:
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (RoPE, Su et al. 2021, Eq. 34) on (B, H, T, head_dim) tensors."""
+    """Rotary position embedding (RoPE, Su et al. 2021, Eq. 34) on (..., T, head_dim) tensors.
+
+    Dimension pairs (2i, 2i+1) at position t are rotated by the angle t * base^(-2i/head_dim); done
+    as one complex multiplication (Su et al. 2021, Eq. 12) on a view of the input.
+    """
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
@@ -70,15 +78,57 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
         angles = torch.outer(t, self.inv_freq)  # (T, head_dim/2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        rotation = torch.polar(torch.ones_like(angles), angles)  # cos + i sin, complex64
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., T, head_dim/2), a view
+        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+
+
+class Packing(NamedTuple):
+    """Where the N real tokens of a right-padded (B, T) batch sit, for the unpadded ("packed") forward.
+
+    Every op of a block except attention is per token, so the encoder runs them on the (N, d)
+    real tokens only and never spends FLOPs on padding (a batch of mixed-length sentences is ~60%
+    padding: bench/results/serving.md). Attention scatters q, k, v back to (B, T) for
+    ``scaled_dot_product_attention`` and gathers its output again.
+
+    mask (B, T) bool (True = real token); index (N,) int64: flat positions in the row-major B*T
+    grid; row (N,) int64: the row of each token; counts (B, 1) float32: real tokens per row.
+    """
+
+    mask: torch.Tensor
+    index: torch.Tensor
+    row: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "Packing":
+        """Build from an attention mask (B, T) bool."""
+        T = mask.shape[1]
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        return cls(mask, index, torch.div(index, T, rounding_mode="floor"), mask.sum(1, keepdim=True).float())
+
+    @property
+    def dense(self) -> bool:
+        """True when there is no padding (packed and padded layouts coincide)."""
+        return self.index.numel() == self.mask.numel()
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, k) packed rows -> (B, T, k), zeros at padded positions."""
+        B, T = self.mask.shape
+        if self.dense:
+            return x.view(B, T, -1)
+        return x.new_zeros(B * T, x.shape[-1]).index_copy(0, self.index, x).view(B, T, -1)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, k) -> (N, k) rows at real tokens."""
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if self.dense else flat.index_select(0, self.index)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with RoPE and a key padding mask.
 
-    Input (B, T, d) float32 and mask (B, T) bool (True = real token); output (B, T, d).
+    Input (N, d) float32 packed tokens and their ``Packing``; output (N, d).
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -90,16 +140,17 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.rotary = Rotary(cfg.dim // cfg.n_heads, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, d = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        return self.out(y.transpose(1, 2).reshape(B, T, d))
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        (B, T), d = packing.mask.shape, x.shape[-1]
+        qkv = packing.unpack(self.qkv(x))  # (B, T, 3d)
+        qkv = qkv.view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        (q, k), v = self.rotary(qkv[:2]), qkv[2]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.mask[:, None, None, :])
+        return self.out(packing.pack(y.transpose(1, 2).reshape(B, T, d)))
 
 
 class GeGLU(nn.Module):
-    """Feed-forward GeGLU(x) = W_o (GELU(W_a x) * W_b x) (Shazeer 2020, Eq. 5): (B, T, d) -> (B, T, d)."""
+    """Feed-forward GeGLU(x) = W_o (GELU(W_a x) * W_b x) (Shazeer 2020, Eq. 5): (..., d) -> (..., d)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -112,7 +163,9 @@ class GeGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + Attn(RMSNorm(x)), then + GeGLU(RMSNorm(x)); both outputs are kept."""
+    """Pre-norm block: x + Attn(RMSNorm(x)), then + GeGLU(RMSNorm(x)); both outputs are kept.
+
+    Input and output (N, d) float32 packed tokens (see ``Packing``)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -121,8 +174,8 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = GeGLU(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), packing)
         return x + self.ffn(self.norm2(x))
 
 
@@ -135,8 +188,18 @@ def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def mean_pool_packed(states: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """``mean_pool`` on packed token states (N, d) float32 -> (B, d); a row with no token yields zeros."""
+    B = packing.mask.shape[0]
+    sums = states.new_zeros(B, states.shape[-1]).index_add(0, packing.row, states)
+    return sums / packing.counts.clamp(min=1.0)
+
+
 class Encoder(nn.Module):
-    """Token ids (B, T) int64 + attention mask (B, T) bool -> token states (B, T, d) float32."""
+    """Token ids (B, T) int64 + attention mask (B, T) bool -> token states (B, T, d) float32.
+
+    Computed unpadded (``forward_packed``): padded positions cost nothing and come out as zeros.
+    """
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -153,10 +216,17 @@ class Encoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_ids)
+        states, packing = self.forward_packed(input_ids, attention_mask)
+        return packing.unpack(states)
+
+    def forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Packing]:
+        """Token states of the real tokens only: (N, d) float32, N = attention_mask.sum(), in
+        row-major order, and the ``Packing`` that locates them."""
+        packing = Packing.from_mask(attention_mask)
+        x = self.embedding(packing.pack(input_ids.unsqueeze(-1)).squeeze(-1))  # (N, d)
         for block in self.blocks:
-            x = block(x, attention_mask)
-        return self.norm(x)
+            x = block(x, packing)
+        return self.norm(x), packing
 
 
 class PairHead(nn.Module):
@@ -244,7 +314,7 @@ class SentenceEncoder(nn.Module):
     # ---- forward pieces -------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence vectors: ids (B, T) int64, mask (B, T) bool -> (B, d) float32 (mean pooled)."""
-        return mean_pool(self.encoder(input_ids, attention_mask), attention_mask)
+        return mean_pool_packed(*self.encoder.forward_packed(input_ids, attention_mask))
 
     def nli_logits_from(self, premises: TokenBatch, hypotheses: TokenBatch | None = None) -> torch.Tensor:
         """NLI logits (B, 3). Pair head: two batches of single texts; cross head: one pair batch."""
@@ -290,11 +360,40 @@ class SentenceEncoder(nn.Module):
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts: total, embedding, encoder (transformer without embedding), nli_head."""
-        emb = sum(p.numel() for p in self.encoder.embedding.parameters())
-        enc = sum(p.numel() for p in self.encoder.parameters()) - emb
-        head = sum(p.numel() for p in self.nli_head.parameters())
+        """Parameter counts: total, embedding, encoder (transformer without embedding), nli_head.
+        Quantized weights count like the fp32 ones they replace."""
+        emb = sum(t.numel() for t in weight_tensors(self.encoder.embedding))
+        enc = sum(t.numel() for t in weight_tensors(self.encoder)) - emb
+        head = sum(t.numel() for t in weight_tensors(self.nli_head))
         return {"total": emb + enc + head, "embedding": emb, "encoder": enc, "nli_head": head}
+
+    @property
+    def quantization(self) -> str:
+        """``"int8"`` after ``quantize("int8")``, else ``"none"``."""
+        return "int8" if is_quantized(self) else "none"
+
+    def quantize(self, mode: str = "int8") -> bool:
+        """Int8 quantization of the transformer blocks' linear layers, for CPU inference.
+
+        ``"int8"``: each ``nn.Linear`` of ``encoder.blocks`` (q/k/v, attention output, GeGLU up and
+        down: all but ~1% of a forward's FLOPs) becomes a ``model.quantize.Int8Linear``: int8
+        weights with one scale per output channel, each token's activations quantized with its own
+        scale at run time, int8 x int8 -> int32 products. A sentence's vector still does not depend
+        on its batch-mates. The embedding, the norms and the NLI head stay float32. Inference only
+        and irreversible: load the checkpoint again to train. ``"none"`` leaves the model as it is.
+
+        Measured on the bundled checkpoint (model/checkpoints/default/int8/REPORT.md and
+        bench/results/serving.md): STS-B within 0.5 Spearman points of float32, faster encoding on CPU.
+
+        Returns True if the model is quantized afterwards. Raises ValueError for an unknown ``mode``.
+        """
+        if mode not in QUANTIZATION_MODES:
+            raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES}")
+        if mode == "none" or self.quantization == "int8":
+            return mode != "none"
+        quantize_linear_int8(self.encoder.blocks)
+        self.eval()
+        return True
 
     def materialize_embeddings(self) -> bool:
         """Precompute a PETE embedding table for inference (see ``FourierEmbedding.materialize``).

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from model.data import DataPaths, read_nli, read_sts
-from model.encoder import SentenceEncoder
+from model.encoder import QUANTIZATION_MODES, SentenceEncoder
 from model.scoring import nli_accuracy, sts_scores
 
 NLI_SPLITS = ("snli_dev", "snli_test", "mnli_dev_matched", "mnli_dev_mismatched")
@@ -122,8 +122,10 @@ def evaluate(args: Namespace) -> dict:
     else:
         ckpt = Path(args.checkpoint)
         model = SentenceEncoder.from_pretrained(ckpt)
+        model.quantize(args.quantize)
         report["checkpoint"] = str(ckpt)
         report["config"] = asdict(model.config)
+        report["quantization"] = model.quantization
     command = None if args.teacher else training_command(ckpt, args.command)
     report["training_command"] = command
     report["snli_dev_train_fraction"] = snli_dev_train_fraction(command)
@@ -182,7 +184,10 @@ def render_markdown(r: dict) -> str:
         if key in t:
             rows.append((f"encode sentences/s ({what}, {t['threads']} threads, batch {t['batch_size']})",
                          f"{t[key]['sentences_per_s']:.0f}", t["sentences"]))
-    lines = [f"# Evaluation of `{r['checkpoint']}`", "", "| metric | value | n |", "|---|---|---|"]
+    title = f"# Evaluation of `{r['checkpoint']}`"
+    if r.get("quantization", "none") != "none":
+        title += f" ({r['quantization']}, as `SentenceEncoder.quantize` leaves it)"
+    lines = [title, "", "| metric | value | n |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     notes = ["Test splits are reported, never used for model selection (selection uses dev splits only)."]
     frac = r.get("snli_dev_train_fraction")
@@ -211,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     p.add_argument("--skip-nli", action="store_true", help="STS, size and speed only")
     p.add_argument("--limit", type=int, help="score only the first N rows of each split (smoke tests)")
+    p.add_argument("--quantize", choices=QUANTIZATION_MODES, default="none",
+                   help="score the checkpoint after SentenceEncoder.quantize(MODE) (what the service serves)")
     p.add_argument("--teacher", action="store_true", help="evaluate all-MiniLM-L6-v2 instead (STS only)")
     p.add_argument("--command", help="the training command, when no command.txt sits next to the checkpoint")
     p.add_argument("--speed-sentences", type=int, default=2000, help="STS sentences encoded for throughput")

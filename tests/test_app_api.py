@@ -48,7 +48,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def settings(checkpoint: Path, **overrides) -> Settings:
     base = dict(model_path=checkpoint, torch_threads=1, max_batch_size=8, max_wait_ms=1, queue_capacity=64,
                 max_pairs_per_request=8, max_chars_per_text=500, max_tokens_per_text=16, request_timeout_s=10,
-                shutdown_timeout_s=5, materialize_embeddings=True)
+                shutdown_timeout_s=5, materialize_embeddings=True, quantize="none")
     return Settings(**{**base, **overrides})
 
 
@@ -158,6 +158,24 @@ async def test_endpoints_answer_and_match_the_model(checkpoint):
 
         spec = (await client.get("/openapi.json")).json()
         assert spec["components"]["schemas"]["SimilarityRequest"]["examples"]
+
+
+@pytest.mark.anyio
+async def test_int8_service_stays_close_to_the_float32_model(checkpoint):
+    model = SentenceEncoder.from_pretrained(checkpoint)
+    async with serve(settings(checkpoint, quantize="int8")) as (app, client):
+        info = (await client.get("/info")).json()
+        assert info["quantization"] == "int8"
+        assert info["parameters"]["total"] == model.parameter_counts()["total"]  # int8 weights still counted
+        texts = ["a man is playing a guitar", "the cat sat on the mat", "a woman eats food in the park"]
+        r = await client.post("/embeddings", json={"input": texts})
+        assert r.status_code == 200, r.text
+        got = torch.tensor([d["embedding"] for d in r.json()["data"]])
+        ref = model.encode(texts)
+        assert not torch.equal(got, ref)  # it did run quantized ...
+        assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.99  # ... and close to float32
+    async with serve(settings(checkpoint)) as (app, client):
+        assert (await client.get("/info")).json()["quantization"] == "none"
 
 
 @pytest.mark.anyio

@@ -15,7 +15,7 @@ def test_env_prefix_and_defaults(monkeypatch):
     s = Settings()
     assert s.max_batch_size == 7 and s.max_wait_ms == 2.5 and s.api_key.get_secret_value() == "zq-secret-9"
     assert "zq-secret-9" not in repr(s)  # the key is a SecretStr
-    assert s.model_path == DEFAULT_MODEL_PATH and s.materialize_embeddings is False
+    assert s.model_path == DEFAULT_MODEL_PATH and s.materialize_embeddings is False and s.quantize == "int8"
 
 
 def test_empty_api_key_means_no_auth(monkeypatch):

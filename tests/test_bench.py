@@ -96,6 +96,9 @@ def test_flops_hand_count():
     assert f["total"] == 704
     g = encoder_forward_flops(SPEC, batch=1, seq_len=2, unique_ids=2, materialized=False)
     assert g["embedding"] == 2 * 2 * (4 * 3 + 3 * 4)  # MLP d->h->d once per distinct id: 96
+    packed = encoder_forward_flops({**SPEC, "packed": True}, batch=2, seq_len=2, real_tokens=3)
+    assert packed["linear"] == 2 * 160 * 3 and packed["attention"] == 2 * 64  # attention on the padded grid
+    assert encoder_forward_flops(SPEC, batch=2, seq_len=2, real_tokens=3)["linear"] == 2 * 160 * 4  # padded model
     two = encoder_forward_flops({**SPEC, "n_layers": 2}, batch=3, seq_len=5)
     one = encoder_forward_flops(SPEC, batch=3, seq_len=5)
     assert two["total"] == 2 * one["total"]
@@ -110,13 +113,14 @@ def test_flops_linear_part_matches_torch_flop_counter():
                         embedding_options={})
     enc = Encoder(cfg).eval()
     ids = torch.randint(0, 50, (3, 7))
-    mask = torch.ones(3, 7, dtype=torch.bool)
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        enc(ids, mask)
-    mm = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "mm" in str(k))
-    spec = {"dim": 32, "ffn_dim": 48, "n_layers": 2, "ffn_matrices": 3, "embedding": "learned"}
-    assert mm == encoder_forward_flops(spec, 3, 7)["linear"]
+    spec = {"dim": 32, "ffn_dim": 48, "n_layers": 2, "ffn_matrices": 3, "embedding": "learned", "packed": True}
+    for lengths in ([7, 7, 7], [7, 2, 4]):  # no padding; padding (the packed encoder skips it)
+        mask = torch.arange(7) < torch.tensor(lengths).unsqueeze(1)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            enc(ids, mask)
+        mm = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "mm" in str(k))
+        assert mm == encoder_forward_flops(spec, 3, 7, real_tokens=sum(lengths))["linear"]
 
 
 def test_flop_spec_reads_the_config(tmp_path):
@@ -134,8 +138,11 @@ def test_flops_section_smoke(tmp_path):
     model = SentenceEncoder.from_pretrained(make_random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
     texts = ["a man plays a guitar .", "a dog runs in the park", "two children sit"]
     sec = run_flops_section(model, texts, threads=[1], batch_sizes=[2], seconds=0.03, matmul_n=32,
-                            profile_iterations=2)
-    assert len(sec["encoder"]) == 2  # table materialized and computed
+                            profile_iterations=2, quantize=("none", "int8"))
+    assert len(sec["encoder"]) == 3  # table materialized and computed, then int8 (computed)
+    assert [r["quantization"] for r in sec["encoder"]] == ["none", "none", "int8"]
+    assert model.quantization == "none"  # the int8 rows used a copy
+    assert flop_spec(model)["packed"] is True
     for r in sec["encoder"]:
         assert r["embed_gflops"] > 0 and r["peak_gflops"] > 0 and r["runner_ms_per_batch"] > 0
     assert sec["profile"]["cprofile"] and sec["profile"]["torch_ops"]

@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.encoder import NLI_LABELS, EncoderConfig, SentenceEncoder, mean_pool
+from app.inference import model_nbytes
+from model.encoder import NLI_LABELS, EncoderConfig, Packing, SentenceEncoder, mean_pool, mean_pool_packed
+from model.quantize import Int8Linear, quantize_linear_int8, weight_tensors
 from model.tokenizer import (
     SPECIAL_TOKENS,
     build_bert_tokenizer,
@@ -75,6 +77,75 @@ def test_encoding_alone_equals_encoding_next_to_a_much_longer_text(embedding):
     assert b.attention_mask[0].sum() < b.attention_mask.shape[1] - 40
     states = model.encoder(b.input_ids, b.attention_mask)
     assert (states[0].mean(0) - alone).abs().max() > 1e-3
+
+
+def test_packed_forward_skips_padding_and_matches_each_row_alone():
+    model = tiny_model(embedding="learned")
+    b = model.tokenize([TEXTS[4], TEXTS[3], TEXTS[0]])  # lengths 3, 17, 8: two rows padded
+    with torch.inference_mode():
+        states = model.encoder(b.input_ids, b.attention_mask)  # (B, T, d)
+        packed, packing = model.encoder.forward_packed(b.input_ids, b.attention_mask)
+        assert packed.shape == (sum(b.lengths), 32) and not packing.dense
+        assert states[~b.attention_mask].abs().max() == 0  # padded positions: zeros, never computed
+        for i, n in enumerate(b.lengths):
+            alone = model.encoder(b.input_ids[i : i + 1, :n], b.attention_mask[i : i + 1, :n])[0]
+            torch.testing.assert_close(states[i, :n], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(mean_pool_packed(packed, packing), mean_pool(states, b.attention_mask),
+                                   atol=1e-5, rtol=0)
+    p = Packing.from_mask(torch.tensor([[True, True, False], [True, False, False]]))
+    assert p.index.tolist() == [0, 1, 3] and p.row.tolist() == [0, 0, 1] and p.counts.squeeze(1).tolist() == [2, 1]
+    x = torch.arange(3.0).unsqueeze(1)
+    torch.testing.assert_close(p.unpack(x).squeeze(-1), torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]))
+    torch.testing.assert_close(p.pack(p.unpack(x)), x)
+
+
+def test_int8_quantization_stays_close_and_counts_the_same_parameters():
+    model = tiny_model()
+    ref = model.encode(TEXTS)
+    counts, nbytes = model.parameter_counts(), model_nbytes(model)
+    with pytest.raises(ValueError, match="unknown quantization"):
+        model.quantize("int4")
+    assert model.quantize("none") is False and model.quantization == "none"
+    assert model.quantize("int8") is True and model.quantization == "int8"
+    assert model.quantize("int8") is True  # idempotent
+    got = model.encode(TEXTS)
+    assert not torch.equal(got, ref)
+    assert F.cosine_similarity(got, ref).min() > 0.99
+    assert model.parameter_counts() == counts
+    # 4 linear weights of the block: 4 bytes -> 1 byte each (+ per-channel scales); the rest stays fp32
+    block_weights = sum(m.weight.numel() for m in tiny_model().encoder.blocks.modules() if isinstance(m, torch.nn.Linear))
+    assert nbytes - model_nbytes(model) >= 3 * block_weights - 8 * 1024
+    probs = model.predict_nli(TEXTS[:2], TEXTS[1:3])
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+
+
+def test_int8_linear_rows_do_not_depend_on_their_batch_mates():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = Int8Linear(lin)
+    x = torch.randn(10, 64)
+    x[3] *= 1000.0  # one row with huge activations: a per-batch scale would crush the others
+    with torch.inference_mode():
+        together = q(x)
+        for i in range(len(x)):
+            assert torch.equal(q(x[i : i + 1])[0], together[i])  # exact: integer products, per-row scales
+        ref = lin(x)
+    rel = (together - ref).norm(dim=1) / ref.norm(dim=1)
+    assert rel.max() < 0.02  # int8 error, every row (row 3 did not spoil the others)
+    assert q.qweight.dtype == torch.int8 and q.qweight.shape == (64, 48) and q.bias.shape == (48,)
+    blocks = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Sequential(torch.nn.Linear(8, 4, bias=False)))
+    quantize_linear_int8(blocks)
+    assert [type(m).__name__ for m in blocks.modules()].count("Int8Linear") == 2
+    assert sum(t.numel() for t in weight_tensors(blocks)) == 8 * 8 + 8 + 8 * 4
+
+
+def test_int8_model_keeps_a_sentence_independent_of_its_batch():
+    model = tiny_model()
+    model.quantize("int8")
+    long = " ".join(TEXTS * 3)
+    alone = model.encode([TEXTS[0]])[0]
+    batched = model.encode([TEXTS[0], long, TEXTS[3]], batch_size=3)[0]
+    torch.testing.assert_close(batched, alone, atol=1e-3 * alone.abs().max().item(), rtol=0)
 
 
 def test_padding_invariance_of_nli_probabilities():
@@ -221,8 +292,10 @@ def test_tokenizer_from_vocab_requires_special_tokens():
 # ---- the bundled checkpoint ----------------------------------------------------------------------
 @pytest.mark.skipif(not (CHECKPOINT / "config.json").is_file(),
                     reason=f"bundled checkpoint {CHECKPOINT} not there yet (being trained)")
-def test_bundled_checkpoint_ranks_a_paraphrase_above_an_unrelated_pair():
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_bundled_checkpoint_ranks_a_paraphrase_above_an_unrelated_pair(quantize):
     model = SentenceEncoder.from_pretrained(CHECKPOINT)
+    model.quantize(quantize)
     sim = model.similarity(["A man is playing a guitar.", "A man is playing a guitar."],
                            ["A person plays the guitar.", "The stock market fell sharply today."])
     assert sim[0] > sim[1]
