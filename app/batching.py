@@ -142,6 +142,11 @@ class MicroBatcher:
         """Items waiting in the queue now."""
         return self._queue.qsize()
 
+    @property
+    def free_slots(self) -> int:
+        """Items the queue can take now (capacity - depth)."""
+        return self._queue.maxsize - self._queue.qsize()
+
     # ---- request side -------------------------------------------------------------------
     async def submit(self, items: list[WorkItem], timeout_s: float | None = None) -> list[Any]:
         """Enqueue ``items`` (all or none) and wait for their outputs, in order.

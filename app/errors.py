@@ -87,6 +87,9 @@ class ClientDisconnected(ApiError):
         super().__init__("client closed request")
 
 
+OVERLOADED_MESSAGE = "too many requests queued, retry later"
+
+
 def error_body(code: str, message: str, detail: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The JSON error body shared by every error response."""
     body: dict[str, Any] = {"error": code, "message": message}
@@ -131,7 +134,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         reject("queue_full")
-        return JSONResponse(error_body("overloaded", "too many requests queued, retry later"), status_code=429,
+        return JSONResponse(error_body("overloaded", OVERLOADED_MESSAGE), status_code=429,
                             headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(Closed)

@@ -1,26 +1,60 @@
-"""Pure ASGI middleware: request body size limit and request metrics."""
+"""Pure ASGI middleware: early load shedding, request body size limit and request metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from typing import Callable, Collection
+from typing import Callable, Collection, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import OVERLOADED_MESSAGE, error_body
 from app.metrics import Metrics
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
+async def _send_json(send: Send, status: int, body: dict, extra_headers: list[tuple[bytes, bytes]] | None = None,
+                     close: bool = True) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += (extra_headers or []) + ([(b"connection", b"close")] if close else [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+class LoadSheddingMiddleware:
+    """Answer 429 (``Retry-After``) before any parsing when the batch queue cannot take the request.
+
+    ``min_items`` maps a POST path to the fewest queue slots any request to it needs (a
+    /similarity pair takes 2, an NLI pair or an /embeddings input 1); when ``free_slots()`` is
+    below that, no body could be accepted, so the request is refused at once, the same 429
+    ``overloaded`` answer the batcher would give after FastAPI had parsed, authenticated and
+    validated it, at a fraction of the event loop's time (under 4x overload the event loop
+    otherwise spends most of its time producing 429s, and their p99 grew past 10 ms:
+    reliability/REPORT.md). Requests that might fit go on to the app, which decides exactly.
+    ``free_slots()`` returns None while there is no batcher (start-up): nothing is shed then.
+    ``on_reject()`` is called for each refusal (metrics). The connection stays open (keep-alive).
+    """
+
+    def __init__(self, app: ASGIApp, free_slots: Callable[[], int | None], min_items: Mapping[str, int],
+                 retry_after_s: int = 1, on_reject: Callable[[], None] | None = None) -> None:
+        self.app, self.free_slots, self.min_items = app, free_slots, dict(min_items)
+        self.retry_after = [(b"retry-after", str(retry_after_s).encode())]
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            need = self.min_items.get(scope.get("path", ""))
+            free = self.free_slots() if need is not None else None
+            if free is not None and free < need:
+                if self.on_reject is not None:
+                    self.on_reject()
+                await _send_json(send, 429, error_body("overloaded", OVERLOADED_MESSAGE), self.retry_after,
+                                 close=False)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:

@@ -287,6 +287,32 @@ async def test_full_queue_is_429_with_retry_after(checkpoint):
 
 
 @pytest.mark.anyio
+async def test_full_queue_sheds_load_before_parsing_and_keeps_what_fits(checkpoint):
+    gate = Gate()
+    s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_pairs_per_request=2)
+    async with serve(s, gate) as (app, client):
+        gate.block()
+        first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
+        await gate.wait_entered()
+        queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})),
+                  asyncio.create_task(client.post("/nli", json={"pairs": [{"premise": "a", "hypothesis": "b"}]}))]
+        await wait_until(lambda: app.state.service.batcher.depth == 3)  # 1 slot left
+        # a /similarity request needs 2 slots whatever its body: refused before it is even parsed
+        r = await client.post("/similarity", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
+        assert sample(app, "pete_rejected_requests_total", reason="queue_full") == 1
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="429") == 1
+        # ... while a body that fits the last slot is still taken, and a bad one still gets its 422
+        assert (await client.post("/embeddings", content=b"{not json",
+                                  headers={"content-type": "application/json"})).status_code == 422
+        last = asyncio.create_task(client.post("/embeddings", json={"input": ["c"]}))
+        await wait_until(lambda: app.state.service.batcher.depth == 4)
+        gate.release.set()
+        assert [(await t).status_code for t in (first, *queued, last)] == [200, 200, 200, 200]
+        assert (await client.get("/healthz")).status_code == 200  # GETs are never shed
+
+
+@pytest.mark.anyio
 async def test_slow_batch_is_504_and_service_recovers(checkpoint):
     gate = Gate()
     async with serve(settings(checkpoint, request_timeout_s=0.1), gate) as (app, client):
