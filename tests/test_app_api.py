@@ -267,14 +267,23 @@ async def test_too_many_pairs_and_too_large_body_are_413(checkpoint):
         assert r.status_code == 200
 
 
-@pytest.mark.anyio
-async def test_full_queue_is_429_with_retry_after(checkpoint):
+@asynccontextmanager
+async def busy_service(checkpoint: Path):
+    """A service (batch size 2, queue capacity 4) whose first batch, /embeddings ["a", "b"], is held
+    on the inference thread: the queue is empty and every new item waits in it until
+    ``gate.release.set()``. Yields (app, client, gate, the first request's task)."""
     gate = Gate()
     s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_pairs_per_request=2)
     async with serve(s, gate) as (app, client):
         gate.block()
         first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
         await gate.wait_entered()
+        yield app, client, gate, first
+
+
+@pytest.mark.anyio
+async def test_full_queue_is_429_with_retry_after(checkpoint):
+    async with busy_service(checkpoint) as (app, client, gate, first):
         queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
         await wait_until(lambda: app.state.service.batcher.depth == 4)
         r = await client.post("/embeddings", json={"input": ["c"]})
@@ -288,12 +297,7 @@ async def test_full_queue_is_429_with_retry_after(checkpoint):
 
 @pytest.mark.anyio
 async def test_full_queue_sheds_load_before_parsing_and_keeps_what_fits(checkpoint):
-    gate = Gate()
-    s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_pairs_per_request=2)
-    async with serve(s, gate) as (app, client):
-        gate.block()
-        first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
-        await gate.wait_entered()
+    async with busy_service(checkpoint) as (app, client, gate, first):
         queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})),
                   asyncio.create_task(client.post("/nli", json={"pairs": [{"premise": "a", "hypothesis": "b"}]}))]
         await wait_until(lambda: app.state.service.batcher.depth == 3)  # 1 slot left
