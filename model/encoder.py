@@ -407,7 +407,13 @@ class SentenceEncoder(nn.Module):
         return False
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json, model.safetensors and tokenizer.json into ``directory``."""
+        """Write config.json, model.safetensors and tokenizer.json into ``directory``.
+
+        Raises:
+            ValueError: the model is quantized (checkpoints hold float32 weights; quantize at load).
+        """
+        if self.quantization != "none":
+            raise ValueError("cannot save a quantized model: save the float32 model and quantize at load")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")

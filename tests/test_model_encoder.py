@@ -99,7 +99,7 @@ def test_packed_forward_skips_padding_and_matches_each_row_alone():
     torch.testing.assert_close(p.pack(p.unpack(x)), x)
 
 
-def test_int8_quantization_stays_close_and_counts_the_same_parameters():
+def test_int8_quantization_stays_close_and_counts_the_same_parameters(tmp_path):
     model = tiny_model()
     ref = model.encode(TEXTS)
     counts, nbytes = model.parameter_counts(), model_nbytes(model)
@@ -117,6 +117,9 @@ def test_int8_quantization_stays_close_and_counts_the_same_parameters():
     assert nbytes - model_nbytes(model) >= 3 * block_weights - 8 * 1024
     probs = model.predict_nli(TEXTS[:2], TEXTS[1:3])
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    with pytest.raises(ValueError, match="quantized"):
+        model.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
 
 
 def test_int8_linear_rows_do_not_depend_on_their_batch_mates():
