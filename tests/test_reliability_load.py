@@ -4,9 +4,11 @@ subprocess, with a synthetic checkpoint of the default config's compute shape (s
 HTTP, is the bottleneck, as with the bundled one).
 
 Relaxed here, enforced by the long runs (REPORT.md): the 429 p99 (< 50 ms here, p50 < 10 ms; < 10 ms
-in the script), the soak's latency drift (p50 within 2x here, 20% in the script), and the queue
-capacity (256 items here, so the backlog left by the overload drains well within a second even on
-a busy 2-core machine; the script runs the app default, 1024)."""
+in the script), and the soak's latency drift (p50 within 2x here, 20% in the script). The queue
+capacity is the app default, 512 items: ~0.25 s of work for the packed int8 encoder, so the backlog
+left by the overload drains well within a second. (256 held only ~0.13 s of work since the serving
+speed-up, and a short stall of a busy machine then turned bursts of the 70% soak into 429s: 1 run in
+3 failed with the d=512 study training beside it.)"""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from reliability.common import ServerProcess, build_checkpoint, saturation, simi
 from reliability.overload import run_overload
 from reliability.soak import run_soak
 
-CAPACITY = 256
+CAPACITY = 512
 PAIRS = 4
 _SAT: dict[str, float] = {}
 
