@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimitMiddleware, LoadSheddingMiddleware, RequestMetricsMiddleware
-from app.routes import ENDPOINTS, router
+from app.routes import ENDPOINTS, MIN_QUEUE_ITEMS, router
 from app.service import BatchHook, Service
 from app.settings import Settings
 
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc())
     app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
-                       min_items={"/similarity": 2, "/nli": 1, "/embeddings": 1},
+                       min_items=MIN_QUEUE_ITEMS,
                        on_reject=lambda: metrics.rejected.labels(reason="queue_full").inc())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
     return app

@@ -25,6 +25,10 @@ from model.encoder import NLI_LABELS
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
 
 ENDPOINTS = ("/similarity", "/nli", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
+# Fewest queue items one request to each POST endpoint enqueues (the work items built below: a
+# /similarity pair is two texts to embed, an NLI pair or an /embeddings input one item), for
+# shedding load before parsing (app.middleware.LoadSheddingMiddleware).
+MIN_QUEUE_ITEMS = {"/similarity": 2, "/nli": 1, "/embeddings": 1}
 
 router = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)

@@ -7,8 +7,8 @@
 2. The encoder: a forward pass's FLOPs are counted analytically (``encoder_forward_flops``) for the
    work actually done (PETE's packed encoder: the real tokens; a padded encoder: the (B, T) grid),
    and divided by the measured time of ``model.embed`` on realistic batches (STS-B test sentences
-   in random order, as concurrent requests bring them, tokenized like the service does) -> achieved FLOP/s and its fraction of the best matmul rate measured at the same
-   thread count. The same work timed
+   in random order, as concurrent requests bring them, tokenized like the service does) -> achieved
+   FLOP/s and its fraction of the best matmul rate measured at the same thread count. The same work timed
    through ``ModelRunner`` (tokenize + encode + copy out, i.e. the service's batch compute) gives the
    fraction the serving path reaches.
 3. The profile: cProfile (Python-level hot spots) and ``torch.profiler`` (operator-level) of
@@ -149,9 +149,9 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
     for tb in toks:
         B, T = tb.input_ids.shape
         u = int(torch.unique(tb.input_ids).numel())
-        flops += encoder_forward_flops(spec, B, T, real_tokens=sum(tb.lengths), unique_ids=u,
-                                       materialized=materialized)["total"]
-        real_tokens += sum(tb.lengths)
+        n_real = sum(tb.lengths)
+        flops += encoder_forward_flops(spec, B, T, real_tokens=n_real, unique_ids=u, materialized=materialized)["total"]
+        real_tokens += n_real
         padded_tokens += B * T
 
     def timed(fn) -> float:
@@ -276,37 +276,32 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
         up_n = 2 * f if spec["ffn_matrices"] == 3 else f  # GeGLU's up projection is d -> 2f
         for (k, n) in ((d, 3 * d), (d, up_n), (f, d)):
             shapes.append(measure_matmul(m, k, n, t, seconds / 4))
+    peak_at = {t: max(x["gflops"] for x in [peaks[t]] + [x for x in shapes if x["threads"] == t]) for t in threads}
     encoder = []
+
+    def sweep(m: Any, materialized: bool, quantization: str) -> None:
+        """Measure ``m`` at every thread count and batch size; rows go to ``encoder``."""
+        for t in threads:
+            for bs in batch_sizes:
+                r = measure_encoder(m, texts, batch_size=bs, threads=t, seconds=seconds, materialized=materialized)
+                r.update(materialized=materialized if has_table else None,  # None: a plain lookup table
+                         quantization=quantization, peak_gflops=peak_at[t],
+                         embed_fraction_of_peak=r["embed_gflops"] / peak_at[t],
+                         runner_fraction_of_peak=r["runner_gflops"] / peak_at[t])
+                encoder.append(r)
+
     has_table = set_materialized(model, True)
     for mat in ([True, False] if has_table else [True]):
         set_materialized(model, mat)
-        for t in threads:
-            for bs in batch_sizes:
-                r = measure_encoder(model, texts, batch_size=bs, threads=t, seconds=seconds, materialized=mat)
-                if not has_table:
-                    r["materialized"] = None  # a plain lookup table: nothing to materialize
-                peak = max(x["gflops"] for x in [peaks[t]] + [x for x in shapes if x["threads"] == t])
-                r["peak_gflops"] = peak
-                r["embed_fraction_of_peak"] = r["embed_gflops"] / peak
-                r["runner_fraction_of_peak"] = r["runner_gflops"] / peak
-                r["quantization"] = "none"
-                encoder.append(r)
+        sweep(model, mat, "none")
     set_materialized(model, True)
     for mode in [q for q in quantize if q != "none" and hasattr(model, "quantize")]:
         import copy
 
-        qmodel = copy.deepcopy(model)
+        qmodel = copy.deepcopy(model)  # the service quantizes a model whose table is computed
         set_materialized(qmodel, False)
         qmodel.quantize(mode)
-        for t in threads:
-            for bs in batch_sizes:
-                r = measure_encoder(qmodel, texts, batch_size=bs, threads=t, seconds=seconds,
-                                    materialized=not has_table)
-                r["materialized"] = False if has_table else None
-                peak = max(x["gflops"] for x in [peaks[t]] + [x for x in shapes if x["threads"] == t])
-                r.update(peak_gflops=peak, embed_fraction_of_peak=r["embed_gflops"] / peak,
-                         runner_fraction_of_peak=r["runner_gflops"] / peak, quantization=mode)
-                encoder.append(r)
+        sweep(qmodel, not has_table, mode)
         del qmodel
     out = {"model": name, "spec": spec, "matmul_peak": list(peaks.values()), "matmul_shapes": shapes,
            "encoder": encoder}

@@ -33,8 +33,8 @@ from torch import nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model.encoder import QUANTIZATION_MODES, EncoderConfig, PairHead, SentenceEncoder, mean_pool
-from model.quantize import quantize_linear_int8, weight_tensors
+from model.encoder import EncoderConfig, PairHead, SentenceEncoder, mean_pool
+from model.quantize import apply_quantization, weight_tensors
 
 
 def teacher_model_dir() -> Path:
@@ -114,12 +114,7 @@ class TeacherEncoder(nn.Module):
         """``SentenceEncoder.quantize`` for the teacher: ``"int8"`` quantizes the linear layers of
         BERT's transformer layers (embeddings and pooling stay float32), so the service's default
         treats both models alike. Raises ValueError for an unknown ``mode``."""
-        if mode not in QUANTIZATION_MODES:
-            raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES}")
-        if mode == "none" or self.quantization == "int8":
-            return mode != "none"
-        quantize_linear_int8(self.bert.encoder)
-        return True
+        return apply_quantization(self.bert.encoder, mode)
 
 
 class TeacherLoader:

@@ -27,10 +27,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model.embeddings import build_embedding
-from model.quantize import is_quantized, quantize_linear_int8, weight_tensors
+from model.quantize import apply_quantization, is_quantized, weight_tensors
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
-QUANTIZATION_MODES = ("none", "int8")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 
 
@@ -385,15 +384,12 @@ class SentenceEncoder(nn.Module):
         Measured on the bundled checkpoint (model/checkpoints/default/int8/REPORT.md and
         bench/results/serving.md): STS-B within 0.5 Spearman points of float32, faster encoding on CPU.
 
-        Returns True if the model is quantized afterwards. Raises ValueError for an unknown ``mode``.
+        Returns True for ``"int8"``. Raises ValueError for an unknown ``mode``
+        (``QUANTIZATION_MODES``; ``model.quantize.apply_quantization``).
         """
-        if mode not in QUANTIZATION_MODES:
-            raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES}")
-        if mode == "none" or self.quantization == "int8":
-            return mode != "none"
-        quantize_linear_int8(self.encoder.blocks)
+        applied = apply_quantization(self.encoder.blocks, mode)
         self.eval()
-        return True
+        return applied
 
     def materialize_embeddings(self) -> bool:
         """Precompute a PETE embedding table for inference (see ``FourierEmbedding.materialize``).

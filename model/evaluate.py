@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from model.data import DataPaths, read_nli, read_sts
-from model.encoder import QUANTIZATION_MODES, SentenceEncoder
+from model.encoder import SentenceEncoder
+from model.quantize import QUANTIZATION_MODES
 from model.scoring import nli_accuracy, sts_scores
 
 NLI_SPLITS = ("snli_dev", "snli_test", "mnli_dev_matched", "mnli_dev_mismatched")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 _QMAX = 127.0
+QUANTIZATION_MODES = ("none", "int8")
 
 
 class Int8Linear(nn.Module):
@@ -69,6 +70,17 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         else:
             quantize_linear_int8(child)
     return module
+
+
+def apply_quantization(target: nn.Module, mode: str) -> bool:
+    """Quantize ``target``'s linear layers for ``mode`` in ``QUANTIZATION_MODES``: ``"int8"`` runs
+    ``quantize_linear_int8`` (a no-op on layers already quantized), ``"none"`` changes nothing.
+    Returns ``mode == "int8"``. Raises ValueError for an unknown ``mode``."""
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES}")
+    if mode == "int8":
+        quantize_linear_int8(target)
+    return mode == "int8"
 
 
 def is_quantized(module: nn.Module) -> bool:
