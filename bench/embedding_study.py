@@ -55,7 +55,8 @@ DESCRIPTIONS = {
     "hashed_notable": "HashFormers-style, no table: 128 hash bits projected to d",
     "learned": "learned V x d table (reference)",
 }
-STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\w+) step (\d+)/(\d+) .*\((\d+(?:\.\d+)?)s/step\)\s*$")
+STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\w+) step (\d+)/(\d+) "
+                       r".*\((\d+(?:\.\d+)?)s/step(?:, [^)]*)?\)\s*$")
 
 
 # ---- recipe --------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def train_command(recipe: dict[str, Any], run_dir: Path, threads: int) -> list[s
            "--dim", str(recipe["dim"]), "--layers", str(recipe["layers"]), "--heads", str(recipe["heads"]),
            "--ffn-dim", str(recipe["ffn_dim"]), "--stages", recipe["stages"], "--seed", str(recipe["seed"]),
            "--tokenizer", recipe["tokenizer"], "--threads", str(threads), "--log-every", "10",
-           "--save-every", "100", "--cache-dir", str(run_dir / "cache")]
+           "--save-every", "100"]
     if ",nli:" in "," + recipe["stages"]:
         cmd.append("--nli-freeze-encoder")
     return cmd + list(recipe["extra_train_args"])

@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import json
+import random
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -35,11 +36,13 @@ class NLIPair(NamedTuple):
 
 
 class STSPair(NamedTuple):
-    """An STS pair with its gold similarity score in [0, 5]."""
+    """An STS pair with its gold similarity score in [0, 5] and its STS-B genre
+    (``main-captions``, ``main-news``, ``main-forum(s)``; "" when unknown)."""
 
     sentence1: str
     sentence2: str
     score: float
+    genre: str = ""
 
 
 class Sentence(NamedTuple):
@@ -118,14 +121,33 @@ def read_nli_train(path: str | Path) -> list[NLIPair]:
 
 
 def read_sts(path: str | Path) -> list[STSPair]:
-    """STS Benchmark csv (original release): tab-separated, no header, no quoting; fields 4-6 are
-    score, sentence1, sentence2 (some rows carry extra trailing columns, ignored)."""
+    """STS Benchmark csv (original release): tab-separated, no header, no quoting; field 0 is the
+    genre, fields 4-6 are score, sentence1, sentence2 (some rows carry extra trailing columns, ignored)."""
     out = []
     with open_text(path) as f:
         for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if len(row) >= 7:
-                out.append(STSPair(row[5], row[6], float(row[4])))
+                out.append(STSPair(row[5], row[6], float(row[4]), row[0]))
     return out
+
+
+def sts_genre(genre: str) -> str:
+    """Short genre name of an STS-B row: ``main-forums``/``main-forum`` -> ``forums``,
+    ``main-captions`` -> ``captions``, ``main-news`` -> ``news``; "" stays ""."""
+    g = genre.removeprefix("main-")
+    return "forums" if g == "forum" else g
+
+
+def split_snli_dev(dev: list[NLIPair], train_fraction: float, seed: int = 1234) -> tuple[list[NLIPair], list[NLIPair]]:
+    """SNLI dev split in two by a seeded shuffle: (trained-on part, held-back validation part).
+
+    ``pete-train`` trains on the first part; ``pete-evaluate`` reports the second as ``snli_dev_heldout``.
+    """
+    rng = random.Random(seed)
+    idx = list(range(len(dev)))
+    rng.shuffle(idx)
+    n = int(len(dev) * train_fraction)
+    return [dev[i] for i in idx[:n]], [dev[i] for i in idx[n:]]
 
 
 def iter_sentences(path: str | Path) -> Iterator[Sentence]:

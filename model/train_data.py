@@ -1,0 +1,122 @@
+"""``TrainData``: everything the training stages sample from, loaded lazily from a directory laid out
+like ../shared/data (plus ``--nli-file`` files and the teacher embedding cache)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import torch
+
+from model.data import (NLI_LABEL_IDS, DataPaths, NLIPair, STSPair, caption_groups, read_nli, read_sentences,
+                        read_sts, split_snli_dev)
+from model.train_config import TrainConfig
+
+log = logging.getLogger("pete.train")
+IN_DOMAIN_SOURCES = ("snli", "cad_snli", "mpe", "mnli")
+
+
+class TrainData:
+    """The stages' data. Each property is read on first use and kept.
+
+    ``nli_file`` entries of the config add full-scale NLI files (SNLI/MultiNLI train jsonl or GLUE
+    tsv) when a user has them.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.paths = DataPaths(cfg.data_dir)
+
+    @functools.cached_property
+    def sentences(self):
+        return read_sentences(self.paths.sentences)
+
+    @functools.cached_property
+    def groups(self) -> list[list[str]]:
+        """Captions grouped by image (each group >= 2 distinct captions): natural paraphrases."""
+        return caption_groups(self.sentences)
+
+    @functools.cached_property
+    def sts_train(self) -> list[STSPair]:
+        return read_sts(self.paths.sts_train)
+
+    @functools.cached_property
+    def sts_dev(self) -> list[STSPair]:
+        return read_sts(self.paths.sts_dev)
+
+    @functools.cached_property
+    def _snli_dev_parts(self) -> tuple[list[NLIPair], list[NLIPair]]:
+        return split_snli_dev(read_nli(self.paths.snli_dev), self.cfg.snli_dev_train_fraction)
+
+    @property
+    def nli_valid(self) -> list[NLIPair]:
+        """Validation for NLI model selection: the held-back part of SNLI dev."""
+        return self._snli_dev_parts[1]
+
+    @functools.cached_property
+    def nli_train(self) -> tuple[list[NLIPair], torch.Tensor]:
+        """3-way labelled pairs and their sampling weights (in-domain sources up-weighted)."""
+        pairs = [p for p in read_nli(self.paths.nli_train) if p.label in NLI_LABEL_IDS]
+        pairs += read_nli(self.paths.snli_train_sample)
+        pairs += self._snli_dev_parts[0]
+        for f in self.cfg.nli_file:
+            pairs += read_nli(f)
+        w = torch.tensor([self.cfg.in_domain_weight if p.source.startswith(IN_DOMAIN_SOURCES) else 1.0
+                          for p in pairs], dtype=torch.float64)
+        log.info("nli train: %d pairs (%d weighted x%.1f)", len(pairs), int((w > 1).sum()), self.cfg.in_domain_weight)
+        return pairs, w
+
+    @functools.cached_property
+    def triplets(self) -> list[tuple[str, str, str | None]]:
+        """(premise, entailed hypothesis, contradicted hypothesis or None) from the NLI training pairs."""
+        by_premise: dict[str, dict[str, list[str]]] = {}
+        for p in self.nli_train[0]:
+            by_premise.setdefault(p.premise, {}).setdefault(p.label, []).append(p.hypothesis)
+        out = []
+        for prem, d in by_premise.items():
+            for e in d.get("entailment", []):
+                for c in d.get("contradiction", [])[:1] or [None]:
+                    out.append((prem, e, c))
+        log.info("contrastive nli triplets: %d", len(out))
+        return out
+
+
+class TeacherTargets:
+    """The finished rows of a ``TeacherCache``: texts and (n, 384) float16 embeddings, memory-mapped.
+
+    ``refresh()`` picks up rows that a caching run still in progress has finished since.
+
+    Raises:
+        FileNotFoundError: no cache at ``cfg.teacher_cache`` (build it with ``python -m model.teacher``).
+        ValueError: the cache has no finished row yet.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from model.teacher import TeacherCache
+
+        try:
+            self.cache = TeacherCache(cfg.teacher_cache)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no teacher cache at {cfg.teacher_cache}: run "
+                                    f"`python -m model.teacher --cache-dir {cfg.teacher_cache}` first") from None
+        self.limit = cfg.distill_sentences or self.cache.rows
+        self._texts = self.cache.texts()
+        self.embeddings = self.cache.embeddings()
+        self.n = 0
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Re-read how many rows are finished; returns the number of rows sampled from."""
+        n = min(self.cache.done, self.limit)
+        if n == 0:
+            raise ValueError(f"teacher cache {self.cache.dir} has no finished row")
+        if n != self.n:
+            log.info("distillation: %d of %d cached sentences usable", n, self.cache.rows)
+        self.n = n
+        return n
+
+    def sample(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
+        """``k`` distinct rows: (texts, (k, 384) float32 teacher embeddings)."""
+        idx = sorted(rng.sample(range(self.n), k))
+        return [self._texts[i] for i in idx], torch.from_numpy(np.asarray(self.embeddings[idx], dtype=np.float32))
