@@ -12,7 +12,8 @@ teacher cache: projected cosine + in-batch cosine-matrix MSE), ``--distill-batch
 Scored per shape: parameters, STS-B dev and test Spearman x100 (overall and per genre: captions,
 news, forums), the median cosine of unrelated (gold < 1) and paraphrase (gold >= 4) test pairs,
 training seconds per step (from ``train.log``), encode sentences/s (STS-B test sentences, batch
-64, float32, ``--threads`` threads) and its ratio to the first shape measured in the same run.
+64, float32, ``--threads`` threads; every shape measured round-robin in one process at the end, best
+of 5) and its ratio to the first shape.
 The default shape is picked by mean per-genre STS-B dev Spearman; speed is shown beside it.
 
 Resumable: finished shapes (same recipe) are skipped, an interrupted training resumes from its
@@ -106,6 +107,24 @@ def evaluate_shape(final_dir: Path, data_dir: Path, threads: int, encode_sentenc
     return out
 
 
+def measure_speeds(results: list[dict[str, Any]], data_dir: Path, threads: int, encode_sentences: int,
+                   rounds: int = 5) -> None:
+    """Encode sentences/s of every shape's final checkpoint, measured round-robin in one process (so
+    all shapes see the same machine load), best of ``rounds``; sets ``encode_sps`` on each result."""
+    from model.data import DataPaths, read_sts
+    from model.encoder import SentenceEncoder
+
+    rows = read_sts(DataPaths(data_dir).sts_test)
+    texts = list(dict.fromkeys(t for p in rows for t in (p.sentence1, p.sentence2)))[:encode_sentences]
+    models = [SentenceEncoder.from_pretrained(Path(r["run_dir"]) / "final") for r in results]
+    best = [0.0] * len(models)
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            best[i] = max(best[i], encode_throughput(m, texts, threads, repeats=1))
+    for r, sps in zip(results, best):
+        r["encode_sps"] = sps
+
+
 def run_shape(shape: tuple[int, int, int], args: argparse.Namespace, vocab_perm: Path) -> dict[str, Any]:
     """Train (or resume) and score one shape; a result with the same recipe is reused."""
     name = shape_name(*shape)
@@ -150,8 +169,8 @@ def study_markdown(study: dict[str, Any]) -> str:
              f"teacher cache rows used: {r0['distill_sentences'] or 'all finished'}. "
              "STS-B is Spearman x100; `cos gold<1` / `cos gold>=4` are the median test cosines of "
              "unrelated pairs and paraphrases (teacher: 0.23 / 0.87). Encode speed is float32, batch 64, "
-             "measured right after each run (same machine, same load as the other rows only if the "
-             "notes say so).", "",
+             "all shapes measured round-robin in one process at the end (best of 5). Training s/step "
+             "comes from each run's log, under whatever else the machine ran then (see notes).", "",
              markdown_table(rows, cols)]
     if pick:
         lines += [f"Pick by mean per-genre STS-B dev Spearman: **{pick['shape']}** "
@@ -185,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     vocab_perm = prepare_vocab_perm(Path(args.data_dir), Path(args.work_dir))
     results = [run_shape(s, args, vocab_perm) for s in args.shapes]
+    measure_speeds(results, Path(args.data_dir), args.threads, args.encode_sentences)
     recipe = {"stages": f"token_init:{args.token_steps},distill:{args.steps}", "lr": args.lr, "seed": args.seed,
               "threads": args.threads, "distill_sentences": args.distill_sentences}
     study = {"recipe": recipe, "machine": machine_info(), "results": results, "notes": args.note,

@@ -3,6 +3,7 @@ log parsing, target evaluation). Fast, no servers, no training."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -232,3 +233,29 @@ def test_evaluate_targets():
     agree = probe_agreement({"pete": _scenario(1.0, probe=[0.5, 0.25]),
                              "pete_nobatch": _scenario(1.0, probe=[0.5, 0.25 + 1e-7])})
     assert agree[0]["max_abs_diff"] == pytest.approx(1e-7)
+
+
+# ---- shape study -----------------------------------------------------------------------------------
+def test_shape_parsing_and_head_counts():
+    from bench.shape_study import heads_for, parse_shapes
+
+    assert parse_shapes("2x256/1024,4x192/640") == [(2, 256, 1024), (4, 192, 640)]
+    assert (heads_for(256), heads_for(224), heads_for(192)) == (4, 4, 3)  # head sizes 64, 56, 64
+    for bad in ("2x256", "x256/1024", "2x66/256"):  # 66: no even head size of 32-64
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_shapes(bad)
+
+
+def test_shape_study_markdown_picks_by_dev_genre_mean_and_shows_speed_ratio():
+    from bench.shape_study import study_markdown
+
+    def row(name, dev_mean, sps):
+        return {"shape": name, "total_params": 2_000_000, "sts_dev": 70.0, "sts_dev_genre_mean": dev_mean,
+                "sts_test": 60.0, "test_cos_unrelated": 0.3, "test_cos_paraphrase": 0.8,
+                "train_s_per_step": 0.4, "encode_sps": sps}
+
+    md = study_markdown({"recipe": {"stages": "token_init:1,distill:2", "lr": 1e-3, "seed": 0, "threads": 1,
+                                    "distill_sentences": 10},
+                         "results": [row("2x256_ffn1024", 60.0, 2000.0), row("4x192_ffn640", 61.0, 1000.0)],
+                         "notes": ["a note"]})
+    assert "**4x192_ffn640** (61.0)" in md and "0.50x" in md and "- a note" in md
