@@ -11,7 +11,8 @@
 - ``contrastive`` InfoNCE with in-batch negatives and a learnable temperature on caption pairs (same
                   image_id) and NLI entailment pairs with their contradiction as a hard negative;
                   optionally plus distillation (``distill_weight``) and an auxiliary NLI loss.
-- ``sts``         CoSENT on STS-B train.
+- ``sts``         CoSENT on STS-B train, optionally plus distillation (``distill_weight``) to keep the
+                  teacher's geometry while ranking STS-B pairs.
 - ``nli``         3-way NLI cross-entropy for the model's head (pair or cross-encoder), the encoder
                   frozen with ``nli_freeze_encoder``.
 
@@ -128,7 +129,10 @@ def loss_sts(ctx: StageContext, rng: random.Random) -> Losses:
     batch = rng.sample(ctx.data.sts_train, ctx.cfg.sts_batch)
     e = ctx.embed([p.sentence1 for p in batch] + [p.sentence2 for p in batch])
     gold = torch.tensor([p.score for p in batch])
-    return {"cosent": cosent(e[: len(batch)], e[len(batch):], gold)}
+    out = {"cosent": cosent(e[: len(batch)], e[len(batch):], gold)}
+    if ctx.cfg.distill_weight > 0:
+        out.update({k: ctx.cfg.distill_weight * v for k, v in distill_losses(ctx, rng).items()})
+    return out
 
 
 def loss_nli(ctx: StageContext, rng: random.Random, batch_size: int | None = None) -> Losses:
@@ -219,8 +223,11 @@ def contrastive_params(ctx: StageContext) -> list[nn.Parameter]:
     return params
 
 
-def encoder_params(ctx: StageContext) -> list[nn.Parameter]:
-    return list(ctx.model.encoder.parameters())
+def sts_params(ctx: StageContext) -> list[nn.Parameter]:
+    params = list(ctx.model.encoder.parameters())
+    if ctx.cfg.distill_weight > 0:
+        params += list(ctx.aux["distill_proj"].parameters())
+    return params
 
 
 def nli_params(ctx: StageContext) -> list[nn.Parameter]:
@@ -260,6 +267,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           evaluate=False),
     Stage("distill", loss_distill, distill_params, lambda c: c.lr_distill, setup=load_teacher),
     Stage("contrastive", loss_contrastive, contrastive_params, lambda c: c.lr, setup=load_teacher_if_distilling),
-    Stage("sts", loss_sts, encoder_params, lambda c: c.lr_sts),
+    Stage("sts", loss_sts, sts_params, lambda c: c.lr_sts, setup=load_teacher_if_distilling),
     Stage("nli", loss_nli, nli_params, lambda c: c.lr_nli),
 )}

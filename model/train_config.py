@@ -77,7 +77,7 @@ class TrainConfig:
     triplet_batch: int = _opt(32, "NLI (premise, entailed, contradicted) triplets per InfoNCE batch")
     distill_batch: int = _opt(128, "sentences per distillation batch")
     distill_sentences: int = _opt(0, "distil from the first N cached rows only (0: every finished row)")
-    distill_weight: float = _opt(0.0, "weight of the distillation loss inside the contrastive stage")
+    distill_weight: float = _opt(0.0, "weight of the distillation loss inside the contrastive and sts stages")
     relational_weight: float = _opt(1.0, "weight of the in-batch cosine-matrix MSE in distillation")
     infonce_weight: float = _opt(0.0, "weight of caption/triplet InfoNCE inside the distill stage")
     sts_batch: int = _opt(32, "STS-B train pairs per CoSENT batch")

@@ -415,3 +415,13 @@ def test_evaluation_names_the_splits_that_training_added_as_nli_files():
                                    "throughput": {"threads": 1, "batch_size": 1, "sentences": 0},
                                    "nli_splits_trained_on": ["mnli_dev_mismatched"]})
     assert "`mnli_dev_mismatched` was trained on" in md
+
+
+def test_sts_and_contrastive_stages_can_carry_the_distillation_losses(data_dir, teacher_cache, tmp_path):
+    run_train(data_dir, tmp_path / "run", "--stages", "sts:2,contrastive:2", "--distill-weight", "0.5",
+              "--teacher-cache", str(teacher_cache), "--distill-batch", "8", "--log-every", "1")
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    sts = [line for line in lines if " sts step " in line and "lr" in line]
+    contrastive = [line for line in lines if " contrastive step " in line and "lr" in line]
+    assert sts and all("cosent" in line and "distill" in line and "relational" in line for line in sts)
+    assert contrastive and all("infonce" in line and "relational" in line for line in contrastive)
