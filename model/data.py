@@ -5,8 +5,8 @@
 - MultiNLI / GLUE tsv (``dev_matched.tsv``...; header with sentence1, sentence2, gold_label/label)
   and the csv export in ../shared/data/mnli (header: pairID, sentence1, sentence2, label).
 - STS Benchmark csv (tab-separated, no header, no quoting; score in field 4, sentences in 5 and 6).
-- ../shared/data tsv files: nli_train.tsv.gz (source, premise, hypothesis, label, label_space)
-  and sentences.tsv.gz (source, sentence, image_id).
+- ../shared/data tsv files: nli_train.tsv.gz (source, premise, hypothesis, label, label_space),
+  sentences.tsv.gz (source, sentence, image_id) and text/*.tsv.gz (source, sentence).
 
 All readers accept plain or gzip files (chosen by the ``.gz`` suffix) and return lists of
 NamedTuples. ``read_nli`` picks the reader by file name.
@@ -158,6 +158,14 @@ def iter_sentences(path: str | Path) -> Iterator[Sentence]:
                 yield Sentence(r["sentence"], r["source"], r.get("image_id") or "")
 
 
+def iter_text_sentences(path: str | Path) -> Iterator[str]:
+    """Stream one ``text/*.tsv.gz`` file of ../shared/data (header ``source<TAB>sentence``)."""
+    with open_text(path) as f:
+        for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if r.get("sentence"):
+                yield r["sentence"]
+
+
 def read_sentences(path: str | Path) -> list[Sentence]:
     """All of ``iter_sentences(path)`` as a list."""
     return list(iter_sentences(path))
@@ -201,6 +209,8 @@ class DataPaths:
             "nli_train": "nli_train.tsv.gz",
             "sentences": "sentences.tsv.gz",
             "bert_vocab": "bert-base-uncased/vocab.txt.gz",
+            "mrpc_train": "mrpc/msr_paraphrase_train.txt.gz",
+            "text_dir": "text",
         }.get(name)
         if rel is None:
             raise AttributeError(name)

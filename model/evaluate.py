@@ -34,9 +34,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from model.data import DataPaths, read_nli, read_sts, split_snli_dev
 from model.encoder import SentenceEncoder
@@ -123,8 +122,9 @@ def throughput(model, texts: list[str], batch_size: int = 64) -> tuple[dict[str,
     return {"sentences_per_s": len(texts) / dt, "seconds": dt}, vecs
 
 
-def evaluate(args: Namespace) -> dict:
-    """Run every measurement; returns the report dict (see ``main`` for the files written)."""
+def evaluate(args: argparse.Namespace) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Run every measurement; returns the report dict (see ``main`` for the files written) and the
+    STS-B test (cosines, gold scores), (N,) float arrays each, for the plot."""
     torch.set_num_threads(args.threads)
     paths = DataPaths(args.data_dir)
     cut = (lambda rows: rows[: args.limit]) if args.limit else (lambda rows: rows)
@@ -151,7 +151,6 @@ def evaluate(args: Namespace) -> dict:
     sts = {split: cut(read_sts(getattr(paths, f"sts_{split}"))) for split in ("dev", "test")}
     cosines = {split: sts_cosines(model, rows) for split, rows in sts.items()}
     report["sts"] = {split: summarize_sts(cosines[split], rows) for split, rows in sts.items()}
-    report["_cosines"] = {split: (c, np.array([p.score for p in sts[split]])) for split, c in cosines.items()}
 
     if not (args.skip_nli or args.teacher):
         nli = {split: cut(read_nli(getattr(paths, split))) for split in NLI_SPLITS}
@@ -178,7 +177,7 @@ def evaluate(args: Namespace) -> dict:
             model.encoder.embedding.dematerialize()
     report["throughput"] = speed
     report["seconds"] = time.perf_counter() - t_start
-    return report
+    return report, (cosines["test"], np.array([p.score for p in sts["test"]]))
 
 
 def render_markdown(r: dict) -> str:
@@ -341,10 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == args.teacher:
         parser.error("give a CHECKPOINT or --teacher (not both)")
-    report = evaluate(args)
+    report, (cos, gold) = evaluate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cos, gold = report.pop("_cosines")["test"]
     name = Path(report["checkpoint"]).name if not args.teacher else "teacher all-MiniLM-L6-v2"
     plot_cosines(cos, gold, out / "sts_test_cosine.png",
                  f"STS-B test: cosine vs gold ({name}, {report.get('quantization', 'fp32')})")

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from model.data import DataPaths, iter_sentences, open_text, read_mrpc, read_nli, read_sts
+from model.data import DataPaths, iter_sentences, iter_text_sentences, read_mrpc, read_nli, read_sts
 
 log = logging.getLogger("pete.teacher")
 TEACHER_DIM = 384
@@ -90,21 +90,6 @@ def teacher_encoder(batch_size: int = 128) -> Callable[[Sequence[str]], np.ndarr
 # ---------------------------------------------------------------------------------------------
 # The corpus
 # ---------------------------------------------------------------------------------------------
-def text_files(paths: DataPaths) -> list[Path]:
-    """The genre files of ``text/`` (news, forum, questions, ...), sorted by name."""
-    return sorted((paths.root / "text").glob("*.tsv.gz"))
-
-
-def iter_text_sentences(path: Path) -> Iterable[str]:
-    """Sentences of one ``text/*.tsv.gz`` file (header ``source<TAB>sentence``)."""
-    import csv
-
-    with open_text(path) as f:
-        for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if r.get("sentence"):
-                yield r["sentence"]
-
-
 def distill_corpus(paths: DataPaths, seed: int = 0) -> list[str]:
     """Every unlabelled or training sentence we have, deduplicated, in a seeded random order.
 
@@ -121,14 +106,13 @@ def distill_corpus(paths: DataPaths, seed: int = 0) -> list[str]:
                 seen.setdefault(t, None)
 
     add(s.text for s in iter_sentences(paths.sentences))
-    for f in text_files(paths):
+    for f in sorted(paths.text_dir.glob("*.tsv.gz")):
         add(iter_text_sentences(f))
     for f in (paths.nli_train, paths.snli_train_sample):
         add(t for p in read_nli(f) for t in (p.premise, p.hypothesis))
     add(t for p in read_sts(paths.sts_train) for t in (p.sentence1, p.sentence2))
-    mrpc = paths.root / "mrpc" / "msr_paraphrase_train.txt.gz"
-    if mrpc.exists():
-        add(t for a, b, _ in read_mrpc(mrpc) for t in (a, b))
+    if paths.mrpc_train.exists():
+        add(t for a, b, _ in read_mrpc(paths.mrpc_train) for t in (a, b))
     texts = sorted(seen)
     random.Random(seed).shuffle(texts)
     return texts

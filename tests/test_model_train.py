@@ -425,3 +425,17 @@ def test_sts_and_contrastive_stages_can_carry_the_distillation_losses(data_dir, 
     contrastive = [line for line in lines if " contrastive step " in line and "lr" in line]
     assert sts and all("cosent" in line and "distill" in line and "relational" in line for line in sts)
     assert contrastive and all("infonce" in line and "relational" in line for line in contrastive)
+
+
+def test_distillation_corpus_takes_every_training_sentence_once_in_a_seeded_order(tmp_path):
+    from model.data import DataPaths
+    from model.teacher import distill_corpus
+
+    root = build_data_dir(tmp_path / "data")
+    gz(root / "text" / "news.tsv.gz", "source\tsentence\nreuters\tShares rose on Monday.\nbbc\tA man is playing a guitar.\n")
+    corpus = distill_corpus(DataPaths(root))
+    assert len(corpus) == len(set(corpus))
+    assert "Shares rose on Monday." in corpus  # text/
+    assert GROUPS[3][2] in corpus and "Nobody is riding a bike." in corpus  # captions, NLI hypotheses
+    assert corpus == distill_corpus(DataPaths(root)) and corpus != sorted(corpus)  # seeded shuffle
+    assert "x" not in corpus  # SNLI dev (a pair of it is ("x", "y")) is not a training file
