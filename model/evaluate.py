@@ -11,8 +11,9 @@ What is measured (all on CPU):
   (``model.scoring``).
 - The training curve, when the run's ``dev_curve.jsonl`` is found (beside the checkpoint, in its
   parent, or ``--dev-curve``): dev scores against training hours, in the report and ``dev_curve.png``.
-- NLI accuracy (%): SNLI dev and test, MultiNLI dev matched and mismatched
-  (``model.scoring.nli_accuracy``). Training may use part of SNLI dev (``pete-train
+- NLI accuracy (%): SNLI dev and test, MultiNLI dev matched and mismatched, with per-class
+  precision/recall and confusion matrices (``model.scoring.nli_accuracy``); splits that training
+  added with ``--nli-file`` (e.g. MNLI dev mismatched) are named as trained on. Training may use part of SNLI dev (``pete-train
   --snli-dev-train-fraction``, default 0.5); then the held-back part is scored separately
   (``snli_dev_heldout``) and the report says so. Test splits are reported, never used for selection.
 - Size: parameter counts (embedding vs the rest) and checkpoint bytes.
@@ -224,6 +225,7 @@ def render_markdown(r: dict) -> str:
                      f"{t['materialized_max_abs_diff']:.1e}.")
     lines += ["", *[f"- {n}" for n in notes]]
     lines += ["", *cosine_bins_markdown(r["sts"])]
+    lines += nli_classes_markdown(r.get("nli", {}))
     if r.get("dev_curve"):
         lines += ["", "Dev scores during training (`dev_curve.png`): " + "; ".join(
             f"{c['stage']} step {c['step']} ({c['hours']:.2f} h): {c['sts_dev_spearman']:.1f}" for c in r["dev_curve"])
@@ -231,6 +233,27 @@ def render_markdown(r: dict) -> str:
     if r.get("training_command"):
         lines += ["", "Training command:", "", "```", r["training_command"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def nli_classes_markdown(nli: dict) -> list[str]:
+    """Lines: per-class precision / recall (%) per NLI split, and the confusion matrix (rows gold,
+    columns predicted) of each split; empty when no split carries them."""
+    splits = [s for s in nli if "per_class" in nli[s]]
+    if not splits:
+        return []
+    labels = list(nli[splits[0]]["per_class"])
+    lines = ["", "NLI per class: precision / recall (%).", "",
+             "| split | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for s in splits:
+        pc = nli[s]["per_class"]
+        lines.append(f"| {s} | " + " | ".join(f"{pc[c]['precision']:.1f} / {pc[c]['recall']:.1f}" for c in labels) + " |")
+    lines += ["", "Confusion matrices (rows: gold label, columns: predicted; "
+              + ", ".join(f"{i}={c}" for i, c in enumerate(labels)) + "):", ""]
+    lines.append("| split | " + " | ".join(f"gold {i}: pred 0 / 1 / 2" for i in range(len(labels))) + " |")
+    lines.append("|---|" + "---|" * len(labels))
+    for s in splits:
+        lines.append(f"| {s} | " + " | ".join(" / ".join(str(v) for v in row) for row in nli[s]["confusion"]) + " |")
+    return lines
 
 
 def cosine_bins_markdown(sts: dict) -> list[str]:

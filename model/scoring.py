@@ -74,15 +74,31 @@ def sts_scores(model, pairs: Sequence[STSPair], batch_size: int = 128) -> dict:
 
 @torch.inference_mode()
 def nli_accuracy(model, pairs: Sequence[NLIPair], batch_size: int = 128) -> dict[str, float]:
-    """3-way accuracy (%) of ``model.predict_nli`` on pairs labelled entailment/neutral/contradiction.
+    """3-way accuracy (%) of ``model.predict_nli`` on pairs labelled entailment/neutral/contradiction,
+    with per-class precision and recall (%) and the confusion matrix.
 
     Returns:
-        {"accuracy": float (percent), "n": int}
+        {"accuracy": float (percent), "n": int, "per_class": {label: {"precision", "recall", "n"}},
+         "confusion": 3 x 3 list of counts, rows gold and columns predicted, in ``NLI_LABEL_IDS`` order}
     """
     pairs = [p for p in pairs if p.label in NLI_LABEL_IDS]
     was_training = model.training
     model.eval()
     probs = model.predict_nli([p.premise for p in pairs], [p.hypothesis for p in pairs], batch_size=batch_size)
     model.train(was_training)
-    gold = torch.tensor([NLI_LABEL_IDS[p.label] for p in pairs])
-    return {"accuracy": 100 * float((probs.argmax(-1) == gold).float().mean()), "n": len(pairs)}
+    gold = torch.tensor([NLI_LABEL_IDS[p.label] for p in pairs], dtype=torch.int64)
+    return nli_summary(probs.argmax(-1), gold)
+
+
+def nli_summary(pred: torch.Tensor, gold: torch.Tensor) -> dict:
+    """Accuracy, per-class precision/recall (%) and confusion matrix of predicted vs gold label ids,
+    (N,) int64 each, ids in ``NLI_LABEL_IDS`` order. An empty class has NaN precision or recall."""
+    k = len(NLI_LABEL_IDS)
+    confusion = torch.bincount(gold * k + pred, minlength=k * k).reshape(k, k)
+    per_class = {}
+    for label, i in NLI_LABEL_IDS.items():
+        tp, predicted, actual = int(confusion[i, i]), int(confusion[:, i].sum()), int(confusion[i].sum())
+        per_class[label] = {"precision": 100 * tp / predicted if predicted else float("nan"),
+                            "recall": 100 * tp / actual if actual else float("nan"), "n": actual}
+    accuracy = 100 * float((pred == gold).float().mean()) if len(gold) else float("nan")
+    return {"accuracy": accuracy, "n": len(gold), "per_class": per_class, "confusion": confusion.tolist()}

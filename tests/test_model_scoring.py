@@ -35,3 +35,22 @@ def test_summarize_sts_splits_by_genre():
     assert math.isclose(s["genres"]["captions"]["spearman"], 100.0) and s["genres"]["captions"]["n"] == 10
     assert math.isclose(s["genres"]["forums"]["spearman"], -100.0)
     assert set(s["cosine_by_gold"]) == {"0-1", "1-2", "2-3", "3-4", "4-5"}
+
+
+def test_nli_summary_precision_recall_and_confusion():
+    import torch
+
+    from model.scoring import nli_summary
+
+    # ids: 0 entailment, 1 neutral, 2 contradiction
+    gold = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+    s = nli_summary(pred, gold)
+    assert s["confusion"] == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    assert math.isclose(s["accuracy"], 100 * 5 / 8) and s["n"] == 8
+    assert math.isclose(s["per_class"]["entailment"]["precision"], 100 * 2 / 3)
+    assert math.isclose(s["per_class"]["entailment"]["recall"], 100 * 2 / 3)
+    assert math.isclose(s["per_class"]["neutral"]["precision"], 50.0) and s["per_class"]["neutral"]["n"] == 2
+    assert math.isclose(s["per_class"]["contradiction"]["recall"], 100 * 2 / 3)
+    never_predicted = nli_summary(torch.tensor([0, 0]), torch.tensor([0, 1]))
+    assert math.isnan(never_predicted["per_class"]["contradiction"]["precision"])

@@ -274,6 +274,7 @@ def test_evaluate_writes_report_with_all_metrics(checkpoint, data_dir, tmp_path,
     assert set(nli) == {"snli_dev", "snli_dev_heldout", "snli_test", "mnli_dev_matched", "mnli_dev_mismatched"}
     assert nli["snli_dev"]["n"] == 18 and nli["snli_dev_heldout"]["n"] == 9  # default fraction 0.5 held back half
     assert all(0 <= v["accuracy"] <= 100 for v in nli.values())
+    assert sum(map(sum, nli["snli_test"]["confusion"])) == nli["snli_test"]["n"]
     assert report["snli_dev_train_fraction"] == 0.5
     model = SentenceEncoder.from_pretrained(checkpoint)
     p = report["parameters"]
@@ -288,6 +289,7 @@ def test_evaluate_writes_report_with_all_metrics(checkpoint, data_dir, tmp_path,
     assert md == capsys.readouterr().out
     assert "| STS-B test Spearman / Pearson (x100) |" in md and "| snli_dev_heldout accuracy (%) |" in md
     assert "SNLI dev was partly trained on" in md and "never used for model selection" in md
+    assert "NLI per class: precision / recall" in md and "| snli_test | " in md
     assert "pete-train --data-dir" in md
     assert set(report["sts"]["test"]["genres"]) == {"captions"}
     assert set(report["sts"]["test"]["cosine_by_gold"]) == {"0-1", "1-2", "2-3", "3-4", "4-5"}
