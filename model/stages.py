@@ -108,6 +108,11 @@ def distill_losses(ctx: StageContext, rng: random.Random) -> Losses:
     return out
 
 
+def scaled(losses: Losses, weight: float) -> Losses:
+    """Every loss of ``losses`` times ``weight`` (names kept)."""
+    return {k: weight * v for k, v in losses.items()}
+
+
 def loss_distill(ctx: StageContext, rng: random.Random) -> Losses:
     out = distill_losses(ctx, rng)
     if ctx.cfg.infonce_weight > 0:
@@ -119,7 +124,7 @@ def loss_contrastive(ctx: StageContext, rng: random.Random) -> Losses:
     cfg = ctx.cfg
     out = {"infonce": infonce_loss(ctx, rng)}
     if cfg.distill_weight > 0:
-        out.update({k: cfg.distill_weight * v for k, v in distill_losses(ctx, rng).items()})
+        out.update(scaled(distill_losses(ctx, rng), cfg.distill_weight))
     if cfg.nli_aux_weight > 0:
         out["nli_aux"] = cfg.nli_aux_weight * loss_nli(ctx, rng, cfg.nli_aux_batch)["nli"]
     return out
@@ -131,7 +136,7 @@ def loss_sts(ctx: StageContext, rng: random.Random) -> Losses:
     gold = torch.tensor([p.score for p in batch])
     out = {"cosent": cosent(e[: len(batch)], e[len(batch):], gold)}
     if ctx.cfg.distill_weight > 0:
-        out.update({k: ctx.cfg.distill_weight * v for k, v in distill_losses(ctx, rng).items()})
+        out.update(scaled(distill_losses(ctx, rng), ctx.cfg.distill_weight))
     return out
 
 
