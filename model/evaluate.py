@@ -52,13 +52,10 @@ class TeacherModel:
     training = False
 
     def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        from model.teacher import teacher_dir
+        from model.teacher import load_teacher, teacher_dir
 
         self.path = teacher_dir()
-        self.st = SentenceTransformer(str(self.path), device="cpu")
+        self.st = load_teacher(max_seq_length=None)  # the teacher as published (256 tokens)
 
     def encode(self, texts, batch_size: int = 64) -> torch.Tensor:
         """N strings -> (N, 384) float32 sentence vectors."""

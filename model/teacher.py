@@ -60,11 +60,12 @@ def teacher_word_embeddings() -> torch.Tensor:
     return load_file(str(teacher_dir() / "model.safetensors"))["embeddings.word_embeddings.weight"].float()
 
 
-def load_teacher(max_seq_length: int = 128):
+def load_teacher(max_seq_length: int | None = 128):
     """all-MiniLM-L6-v2 as a sentence-transformers model on the CPU (offline).
 
     Args:
-        max_seq_length: truncation in WordPiece tokens (the student serves at most 128).
+        max_seq_length: truncation in WordPiece tokens (the student serves at most 128); None keeps
+            the model's own (256).
     Raises:
         ImportError: the train extra is not installed.
     """
@@ -72,7 +73,8 @@ def load_teacher(max_seq_length: int = 128):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(teacher_dir()), device="cpu")
-    model.max_seq_length = max_seq_length
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
     return model
 
 
@@ -136,7 +138,7 @@ class TeacherCache:
     Args:
         directory: the cache directory (created by ``create``).
     Raises:
-        FileNotFoundError: ``open`` on a directory without a cache.
+        FileNotFoundError: the directory holds no cache (no meta.json).
     """
 
     def __init__(self, directory: str | Path) -> None:

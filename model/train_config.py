@@ -11,20 +11,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGE_NAMES = ("token_init", "distill", "contrastive", "sts", "nli")
-
-
 def parse_stages(text: str) -> list[tuple[str, int]]:
     """``"token_init:1500,contrastive:4000"`` -> [("token_init", 1500), ("contrastive", 4000)].
 
     Raises:
         argparse.ArgumentTypeError: unknown stage or a malformed step count.
     """
+    from model.stages import STAGES  # the one list of stage names; imported late (stages imports this module)
+
     out = []
     for part in text.split(","):
         name, _, steps = part.partition(":")
-        if name not in STAGE_NAMES or not steps.isdigit():
-            raise argparse.ArgumentTypeError(f"bad stage {part!r}; use name:steps with name in {STAGE_NAMES}")
+        if name not in STAGES or not steps.isdigit():
+            raise argparse.ArgumentTypeError(f"bad stage {part!r}; use name:steps with name in {tuple(STAGES)}")
         out.append((name, int(steps)))
     return out
 
@@ -46,7 +45,8 @@ class TrainConfig:
     data_dir: str = _opt(None, "directory laid out like ../shared/data", required=True)
     out: str = _opt(None, "run directory: train.log, state.pt, final/", required=True)
     stages: list = _opt("token_init:1500,contrastive:4000,sts:600,nli:1500",
-                        f"name:steps,... run in order; names: {', '.join(STAGE_NAMES)}", type=parse_stages)
+                        "name:steps,... run in order; a name is a stage record of model/stages.py",
+                        type=parse_stages)
     init: str | None = _opt(None, "start from this checkpoint instead of a fresh model")
     seed: int = _opt(0, "seed of the batch generator and the initialisation")
     threads: int = _opt(max(1, os.cpu_count() or 1), "torch CPU threads")
