@@ -1,13 +1,14 @@
 """Model side of a batch: tokenizer -> encoder -> head, on the inference thread.
 
-``ModelRunner`` is the batcher's ``compute``: it turns a list of
-``WorkItem``s into one output each. Texts to embed (and, with the pair NLI head, both sides of
-every NLI pair) are tokenized together, sorted by length and split into forward passes of at most
-``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens; cross-head NLI pairs are
-tokenized jointly and encoded the same way. Every row is computed as if it were alone (padding
-never reaches the pooled vector; an int8 model quantizes each token with its own scale), so a
-result does not depend on its batch-mates (float32: to ~1e-6; int8: to ~1e-4, when a float32
-rounding difference moves a value across an int8 rounding boundary).
+``ModelRunner`` is the batcher's ``compute``: it turns a list of ``WorkItem``s into one output each.
+Texts to embed (and, with the pair and align NLI heads, both sides of every NLI pair) are tokenized
+together, sorted by length and split into forward passes of at most ``max_batch_size`` sequences and
+``max_batch_tokens`` padded tokens; cross-head NLI pairs are tokenized jointly and encoded the same
+way. The align head reads the token states of both sides (kept from the same forward passes), the
+pair head their pooled vectors. Every row is computed as if it were alone (padding never reaches the
+pooled vector or the alignment; an int8 model quantizes each token with its own scale), so a result
+does not depend on its batch-mates (float32: to ~1e-6; int8: to ~1e-4, when a float32 rounding
+difference moves a value across an int8 rounding boundary).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from app.batching import WorkItem
-from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch
+from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch, mean_pool_packed, pad_states
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class ModelRunner:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.observe_pass = observe_pass
-        self.pair_head = model.config.nli_head == "pair"
+        self.separate = not model.nli_joint  # NLI sides encoded alone, like texts to embed
+        self.align = model.config.nli_head == "align"
 
     def __call__(self, items: list[WorkItem]) -> list[EmbedOutput | NliOutput]:
         """One output per item, in order. Raises whatever the tokenizer or the model raises."""
@@ -90,7 +92,7 @@ class ModelRunner:
         text_slot: list[int] = []        # item i -> index of its (first) sequence in texts
         pairs: list[tuple[str, str]] = []  # cross-head NLI pairs, encoded jointly
         for it in items:
-            if it.kind == "embed" or self.pair_head:
+            if it.kind == "embed" or self.separate:
                 text_slot.append(len(texts))
                 texts.append(it.text)
                 if it.kind == "nli":
@@ -101,24 +103,28 @@ class ModelRunner:
             else:
                 raise ValueError(f"unknown work item kind {it.kind!r}")
 
-        vecs = tb = pooled = pb = None
+        nli_idx = [i for i, it in enumerate(items) if it.kind == "nli"]
+        vecs = tb = pooled = pb = states = None
         if texts:
             tb = self.model.tokenize(texts, max_tokens=self.max_tokens)
-            vecs = self._encode(tb, record)
+            keep = {text_slot[i] + side for i in nli_idx for side in (0, 1)} if self.align else set()
+            vecs, states = self._encode(tb, record, keep)
         if pairs:
             pb = self.model.tokenize([p for p, _ in pairs], [h for _, h in pairs], max_tokens=self.max_tokens)
-            pooled = self._encode(pb, record)
+            pooled, _ = self._encode(pb, record)
 
         # NLI heads, one call for all NLI items of the batch (row-wise, so batch-independent).
-        nli_idx = [i for i, it in enumerate(items) if it.kind == "nli"]
         probs: dict[int, np.ndarray] = {}
         if nli_idx:
-            if self.pair_head:
-                u = vecs[[text_slot[i] for i in nli_idx]]
-                v = vecs[[text_slot[i] + 1 for i in nli_idx]]
-                logits = self.model.nli_head(u, v)
+            first = [text_slot[i] for i in nli_idx]
+            if self.align:
+                a, mask_a = pad_states([states[s] for s in first])
+                b, mask_b = pad_states([states[s + 1] for s in first])
+                logits = self.model.nli_head(a, mask_a, b, mask_b)
+            elif self.separate:
+                logits = self.model.nli_head(vecs[first], vecs[[s + 1 for s in first]])
             else:
-                logits = self.model.nli_head(pooled[[text_slot[i] for i in nli_idx]])
+                logits = self.model.nli_head(pooled[first])
             p = F.softmax(logits.float(), dim=-1).numpy()
             probs = {i: p[k] for k, i in enumerate(nli_idx)}
 
@@ -127,7 +133,7 @@ class ModelRunner:
             s = text_slot[i]
             if it.kind == "embed":
                 out.append(EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s]))
-            elif self.pair_head:
+            elif self.separate:
                 out.append(NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1],
                                      tb.lengths[s] + tb.lengths[s + 1]))
             else:
@@ -143,18 +149,29 @@ class ModelRunner:
                      + [WorkItem("nli", long_text, long_text) for _ in range(n)], record=False)
 
     # ---- helpers --------------------------------------------------------------------------
-    def _encode(self, tb: TokenBatch, record: bool) -> torch.Tensor:
-        """Pooled vectors (N, d) float32 for a tokenized batch, computed in length-sorted passes."""
+    def _encode(self, tb: TokenBatch, record: bool,
+                keep_states: set[int] = frozenset()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Pooled vectors (N, d) float32 for a tokenized batch, computed in length-sorted passes, and
+        the token states (L_i, d) float32 of the rows in ``keep_states``."""
         n = len(tb.lengths)
         out = torch.empty(n, self.model.config.dim)
+        states: dict[int, torch.Tensor] = {}
         order = sorted(range(n), key=tb.lengths.__getitem__)
         for chunk in self._chunks(order, tb.lengths):
             T = max(tb.lengths[i] for i in chunk)
             idx = torch.tensor(chunk, dtype=torch.int64)
-            out[idx] = self.model.embed(tb.input_ids[idx, :T], tb.attention_mask[idx, :T]).float()
+            ids, mask = tb.input_ids[idx, :T], tb.attention_mask[idx, :T]
+            if keep_states.isdisjoint(chunk):
+                out[idx] = self.model.embed(ids, mask).float()
+            else:
+                packed, packing = self.model.encoder.forward_packed(ids, mask)
+                out[idx] = mean_pool_packed(packed, packing).float()
+                for row, s in zip(chunk, packed.float().split(packing.counts.flatten().long().tolist())):
+                    if row in keep_states:
+                        states[row] = s
             if record and self.observe_pass is not None:
                 self.observe_pass(len(chunk), len(chunk) * T)
-        return out
+        return out, states
 
     def _chunks(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
         """Split ascending-length ``order`` greedily under the size and padded-token limits."""

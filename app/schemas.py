@@ -136,7 +136,7 @@ class Limits(BaseModel):
 class InfoResponse(BaseModel):
     model: str = Field(description="Model name (see Settings.model_name).")
     embedding_kind: str = Field(description="Token embedding kind of the checkpoint, e.g. fourier_geo.")
-    nli_head: Literal["pair", "cross"]
+    nli_head: Literal["pair", "align", "cross"]
     dimensions: int = Field(description="Sentence vector length.")
     parameters: Parameters
     model_bytes: int = Field(description="Bytes held by parameters and buffers.")

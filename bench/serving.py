@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.serving                       # all scenarios, ~8 min on 2 cores
 
 For each scenario a fresh ``uvicorn --factory`` subprocess is started on 127.0.0.1 at a free port
-(one worker), waited for on /readyz, and driven with ``POST /similarity`` requests built from the
-STS-B test pairs (``--pairs-per-request`` pairs each) by an asyncio + aiohttp load generator in this
-process:
+(one worker), waited for on /readyz, and driven with ``POST /similarity`` (or, with
+``--endpoint nli``, ``POST /nli``) requests built from the STS-B test pairs (``--pairs-per-request``
+pairs each) by an asyncio + aiohttp load generator in this process:
 
 - closed loop: ``C`` clients (for each C in ``--clients``) each send a request, wait for the answer,
   send the next, for ``--duration`` seconds -> pairs/s and latency percentiles. The highest pairs/s
@@ -30,7 +30,10 @@ Scenarios (``--scenarios``):
 - ``pete_materialized`` PETE with the embedding table materialized once at load
                         (PETE_MATERIALIZE_EMBEDDINGS=true), against ``pete``'s computed-per-batch table;
 - ``pete_fp32``, ``minilm_fp32``  both models in float32 (PETE_QUANTIZE=none): the ratio without
-                        quantization.
+                        quantization;
+- ``pete_baseline``     another PETE checkpoint (``--baseline-model``) with the service defaults, e.g.
+                        the previous release, to compare two checkpoints in one run (the NLI head's
+                        serving cost: ``--endpoint nli --scenarios pete,pete_baseline``).
 
 The same run also measures the machine's fp32 matmul FLOP/s, the encoder's achieved FLOP/s as a
 fraction of it, and profiles the batch compute (``bench.flops``), with no server running.
@@ -65,8 +68,10 @@ from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, fre
 
 HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
 JSON_HEADERS = {"content-type": "application/json"}
-ALL_SCENARIOS = ("pete", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32")
-TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0}
+ALL_SCENARIOS = ("pete", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
+ENDPOINTS = ("similarity", "nli")
+TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
+           "pete_vs_baseline": 0.7}
 
 
 # ---- scenarios and the server process ------------------------------------------------------------
@@ -78,8 +83,10 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_env: dict[str, str]) -> list[Scenario]:
-    """The scenarios to run, in the order given. Unknown names raise ValueError."""
+def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_env: dict[str, str],
+                    baseline_model: str | None = None) -> list[Scenario]:
+    """The scenarios to run, in the order given. Unknown names (and ``pete_baseline`` without a
+    ``baseline_model``) raise ValueError."""
     base = {"PETE_MODEL_PATH": str(model), "PETE_TORCH_THREADS": str(torch_threads), "PETE_LOG_LEVEL": "warning",
             **extra_env}
     out = []
@@ -96,6 +103,11 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_
         elif name == "pete_fp32":
             out.append(Scenario(name, "PETE, float32 (no quantization)", "app.main:create_app",
                                 {**base, "PETE_QUANTIZE": "none"}))
+        elif name == "pete_baseline":
+            if not baseline_model:
+                raise ValueError("scenario pete_baseline needs --baseline-model")
+            out.append(Scenario(name, f"PETE checkpoint {baseline_model}, service defaults", "app.main:create_app",
+                                {**base, "PETE_MODEL_PATH": str(baseline_model)}))
         elif name in ("minilm", "minilm_fp32"):
             from bench.teacher_backend import teacher_model_dir
 
@@ -181,13 +193,16 @@ class Server:
 
 
 # ---- requests --------------------------------------------------------------------------------------
-def request_bodies(pairs: Sequence[tuple[str, str]], pairs_per_request: int, limit: int = 4096) -> list[bytes]:
-    """Pre-encoded /similarity bodies: consecutive groups of ``pairs_per_request`` pairs (cycling)."""
+def request_bodies(pairs: Sequence[tuple[str, str]], pairs_per_request: int, limit: int = 4096,
+                   endpoint: str = "similarity") -> list[bytes]:
+    """Pre-encoded request bodies for ``POST /<endpoint>`` (``ENDPOINTS``): consecutive groups of
+    ``pairs_per_request`` pairs (cycling); /nli takes the first text as premise."""
+    keys = {"similarity": ("text_a", "text_b"), "nli": ("premise", "hypothesis")}[endpoint]
     n = min(limit, max(1, len(pairs) // pairs_per_request))
     out = []
     for i in range(n):
         group = [pairs[(i * pairs_per_request + j) % len(pairs)] for j in range(pairs_per_request)]
-        out.append(json.dumps({"pairs": [{"text_a": a, "text_b": b} for a, b in group]}).encode())
+        out.append(json.dumps({"pairs": [dict(zip(keys, pair)) for pair in group]}).encode())
     return out
 
 
@@ -228,12 +243,12 @@ def _session(base_url: str, connections: int, timeout_s: float):
                                  timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False)
 
 
-async def _post(session, body: bytes, st: PhaseStats, t0: float) -> None:
-    """POST one /similarity body; record the latency from ``t0`` (200) or the error kind."""
+async def _post(session, path: str, body: bytes, st: PhaseStats, t0: float) -> None:
+    """POST one body to ``path``; record the latency from ``t0`` (200) or the error kind."""
     import aiohttp
 
     try:
-        async with session.post("/similarity", data=body, headers=JSON_HEADERS) as r:
+        async with session.post(path, data=body, headers=JSON_HEADERS) as r:
             await r.read()
             status = r.status
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
@@ -246,8 +261,9 @@ async def _post(session, body: bytes, st: PhaseStats, t0: float) -> None:
 
 
 async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, duration_s: float,
-                      max_requests: int, timeout_s: float = 30.0) -> PhaseStats:
-    """``clients`` workers, each one request in flight, until ``duration_s`` or ``max_requests``."""
+                      max_requests: int, timeout_s: float = 30.0, path: str = "/similarity") -> PhaseStats:
+    """``clients`` workers, each one request in flight to ``path``, until ``duration_s`` or
+    ``max_requests``."""
     st = PhaseStats()
     async with _session(base_url, clients, timeout_s) as session:
         t_start = time.perf_counter()
@@ -259,7 +275,7 @@ async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, d
                 st.sent += 1
                 body = bodies[i % len(bodies)]
                 i += clients
-                await _post(session, body, st, time.perf_counter())
+                await _post(session, path, body, st, time.perf_counter())
 
         await asyncio.gather(*(worker(w) for w in range(clients)))
         st.elapsed = time.perf_counter() - t_start
@@ -268,7 +284,7 @@ async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, d
 
 async def open_loop(base_url: str, bodies: Sequence[bytes], *, rate_rps: float, duration_s: float,
                     max_requests: int, max_in_flight: int = 512, timeout_s: float = 30.0,
-                    seed: int = 0) -> PhaseStats:
+                    seed: int = 0, path: str = "/similarity") -> PhaseStats:
     """Poisson arrivals at ``rate_rps`` for ``duration_s`` (at most ``max_requests``); latency from the
     scheduled send time. Arrivals that find ``max_in_flight`` requests open are counted as
     ``client_overflow`` errors and not sent."""
@@ -290,7 +306,7 @@ async def open_loop(base_url: str, bodies: Sequence[bytes], *, rate_rps: float, 
                 st.errors["client_overflow"] += 1
                 continue
             st.sent += 1
-            task = asyncio.create_task(_post(session, bodies[i % len(bodies)], st, t_next))
+            task = asyncio.create_task(_post(session, path, bodies[i % len(bodies)], st, t_next))
             i += 1
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -361,13 +377,13 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], pr
         out["info"] = _get(srv.base_url, "/info")
         out["memory_idle"] = proc_memory(srv.pid)
         out["probe_scores"] = _probe(srv.base_url, probe_pairs)
-        ppr = args.pairs_per_request
+        ppr, path = args.pairs_per_request, "/" + args.endpoint
         asyncio.run(closed_loop(srv.base_url, bodies, clients=max(args.clients), duration_s=args.warmup,
-                                max_requests=args.max_requests))
+                                max_requests=args.max_requests, path=path))
         phases = []
         for c in args.clients:
             phases.append(run_phase(srv, lambda c=c: closed_loop(srv.base_url, bodies, clients=c, duration_s=args.duration,
-                                                                  max_requests=args.max_requests),
+                                                                  max_requests=args.max_requests, path=path),
                                     ppr, f"closed c={c}", loop="closed", clients=c))
         sat = max(phases, key=lambda p: p["pairs_per_s"])
         out["saturation_pairs_per_s"] = sat["pairs_per_s"]
@@ -376,7 +392,8 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], pr
             rate = 0.5 * sat["requests_per_s"]
             phases.append(run_phase(srv, lambda: open_loop(srv.base_url, bodies, rate_rps=rate,
                                                            duration_s=args.open_duration,
-                                                           max_requests=args.max_requests, seed=args.seed),
+                                                           max_requests=args.max_requests, seed=args.seed,
+                                                           path=path),
                                     ppr, "open @ 50% sat", loop="open", target_rps=rate,
                                     target_pairs_per_s=rate * ppr))
         out["phases"] = phases
@@ -405,11 +422,11 @@ def profile_server(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], 
     clients = max(args.clients)
     with Server(prof_sc, log_dir, startup_timeout_s=args.startup_timeout) as srv:
         asyncio.run(closed_loop(srv.base_url, bodies, clients=clients, duration_s=min(2.0, args.warmup),
-                                max_requests=args.max_requests))
+                                max_requests=args.max_requests, path="/" + args.endpoint))
         with httpx.Client(base_url=srv.base_url, timeout=30.0, trust_env=False) as c:
             c.post("/_bench/profile/start").raise_for_status()
             st = asyncio.run(closed_loop(srv.base_url, bodies, clients=clients, duration_s=args.profile_duration,
-                                         max_requests=args.max_requests))
+                                         max_requests=args.max_requests, path="/" + args.endpoint))
             c.post("/_bench/profile/stop").raise_for_status()
     stats = pstats.Stats(str(path))
     loop_cpu = sum(v[2] for v in stats.stats.values())
@@ -433,7 +450,9 @@ def _phase(sc: dict | None, loop: str, clients: int | None = None) -> dict | Non
 
 
 def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
-    """The four targets of the issue, each {target, value, goal, met} (met None when not measured)."""
+    """The serving targets, each {target, value, goal, met} (met None when not measured); with a
+    ``pete_baseline`` scenario also pete's saturation throughput relative to it (e.g. a new NLI head's
+    cost against the previous release)."""
     pete, nob, mini = scenarios.get("pete"), scenarios.get("pete_nobatch"), scenarios.get("minilm")
     rows = []
 
@@ -469,6 +488,11 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
         add("pete service peak RSS (MiB)", mb, f"<= {TARGETS['peak_rss_mb']}", mb <= TARGETS["peak_rss_mb"])
     else:
         add("pete service peak RSS (MiB)", None, f"<= {TARGETS['peak_rss_mb']}", None, "not measured")
+    base = scenarios.get("pete_baseline")
+    if pete and base and base["saturation_pairs_per_s"]:
+        r = pete["saturation_pairs_per_s"] / base["saturation_pairs_per_s"]
+        add("pete / pete_baseline pairs/s (saturation)", r, f">= {TARGETS['pete_vs_baseline']}x",
+            r >= TARGETS["pete_vs_baseline"], "same endpoint, same load, one run")
     return rows
 
 
@@ -495,7 +519,7 @@ def serving_markdown(result: dict[str, Any]) -> str:
              f"Run {result['started_at']} with `{result['command']}`.\n",
              f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cpu_count')} CPUs), torch "
              f"{result['machine'].get('torch')}, load average at start {result['machine'].get('load_average')}.\n",
-             f"Load: `POST /similarity` with {cfg['pairs_per_request']} pair(s) per request from {result['texts']}; "
+             f"Load: `POST /{cfg.get('endpoint', 'similarity')}` with {cfg['pairs_per_request']} pair(s) per request from {result['texts']}; "
              f"closed loop {cfg['duration_s']} s per client count {cfg['clients']}, then an open loop (Poisson) "
              f"at half the saturation rate for {cfg['open_duration_s']} s (latency from the scheduled send time). "
              f"Server: one uvicorn worker, PETE_TORCH_THREADS={cfg['torch_threads']}; the load generator shares "
@@ -578,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load before the sweep")
     p.add_argument("--max-requests", type=int, default=200_000, help="request cap per phase")
     p.add_argument("--pairs-per-request", type=int, default=1)
+    p.add_argument("--endpoint", choices=ENDPOINTS, default="similarity", help="the route the load is sent to")
+    p.add_argument("--baseline-model", help="checkpoint of the pete_baseline scenario")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="PETE_TORCH_THREADS of the server (the load generator needs CPU too)")
     p.add_argument("--env", action="append", default=[], metavar="PETE_X=V", help="extra server setting, repeatable")
@@ -604,7 +630,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no checkpoint at {model} (pass --model DIR)")
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     pairs, source = load_sentence_pairs(args.data_dir)
-    bodies = request_bodies(pairs, args.pairs_per_request)
+    bodies = request_bodies(pairs, args.pairs_per_request, endpoint=args.endpoint)
     probe_pairs = pairs[:16]
     result: dict[str, Any] = {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -612,13 +638,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(), "texts": source, "model_path": str(model),
         "config": {"clients": args.clients, "duration_s": args.duration, "open_duration_s": args.open_duration,
                    "pairs_per_request": args.pairs_per_request, "torch_threads": args.torch_threads,
+                   "endpoint": args.endpoint, "baseline_model": args.baseline_model,
                    "warmup_s": args.warmup, "max_requests": args.max_requests, "extra_env": extra_env},
         "scenarios": {},
     }
     scenarios = []
     for n in names:
         try:
-            scenarios += build_scenarios([n], str(model), args.torch_threads, extra_env)
+            scenarios += build_scenarios([n], str(model), args.torch_threads, extra_env, args.baseline_model)
         except ImportError as e:  # minilm without the train extra
             result["scenarios"][n] = {"scenario": n, "error": f"unavailable: {e}"}
     for sc in scenarios:

@@ -89,6 +89,8 @@ class TeacherEncoder(nn.Module):
             max_len = int(json.loads(sbert.read_text()).get("max_seq_length", max_len))
         return cls(bert, Tokenizer.from_file(str(d / "tokenizer.json")), max_len=max_len).eval()
 
+    nli_joint = False  # the placeholder pair head reads the two sentences encoded alone
+
     # Same tokenization code as PETE's model (it only needs .tokenizer, .config.max_len, ._truncation).
     tokenize = SentenceEncoder.tokenize
 

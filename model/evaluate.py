@@ -159,6 +159,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, tuple[np.ndarray, np.ndarr
         report["nli"] = {split: nli_accuracy(model, rows) for split, rows in nli.items()}
 
     report["parameters"] = model.parameter_counts()
+    report["nli_head"] = model.config.nli_head
     if ckpt is not None:
         report["parameters"]["non_embedding"] = report["parameters"]["total"] - report["parameters"]["embedding"]
         report["bytes"] = {"checkpoint_dir": dir_bytes(ckpt), "model_safetensors": (ckpt / "model.safetensors").stat().st_size}
@@ -190,7 +191,7 @@ def render_markdown(r: dict) -> str:
     p = r["parameters"]
     rows.append(("parameters: total", f"{p['total']:,}", ""))
     if "embedding" in p:
-        rows.append(("parameters: embedding / encoder / NLI head",
+        rows.append((f"parameters: embedding / encoder / NLI head ({r.get('nli_head', 'pair')})",
                      f"{p['embedding']:,} / {p['encoder']:,} / {p['nli_head']:,}", ""))
     if "bytes" in r:
         b = r["bytes"]

@@ -13,8 +13,10 @@
                   optionally plus distillation (``distill_weight``) and an auxiliary NLI loss.
 - ``sts``         CoSENT on STS-B train, optionally plus distillation (``distill_weight``) to keep the
                   teacher's geometry while ranking STS-B pairs.
-- ``nli``         3-way NLI cross-entropy for the model's head (pair or cross-encoder), the encoder
-                  frozen with ``nli_freeze_encoder``.
+- ``nli``         3-way NLI cross-entropy for the model's head (pair, align or cross-encoder), the
+                  encoder frozen with ``nli_freeze_encoder``; with the NLI teacher's cached logits
+                  (``model.nli_teacher``), plus soft-label KL on the labelled pairs
+                  (``nli_kd_weight``) and on pseudo-labelled unlabelled pairs (``nli_pseudo``).
 
 A loss takes the ``StageContext`` and a ``random.Random`` seeded by (seed, stage, step), and returns
 named scalar losses that are summed. The schedule maps (step, steps, cfg) to a multiplier of the
@@ -140,19 +142,45 @@ def loss_sts(ctx: StageContext, rng: random.Random) -> Losses:
     return out
 
 
-def loss_nli(ctx: StageContext, rng: random.Random, batch_size: int | None = None) -> Losses:
-    pairs, weights = ctx.data.nli_train
-    g = torch.Generator().manual_seed(rng.randrange(2**62))
-    idx = torch.multinomial(weights, batch_size or ctx.cfg.nli_batch, replacement=True, generator=g).tolist()
-    batch = [pairs[i] for i in idx]
+def nli_logits(ctx: StageContext, premises: list[str], hypotheses: list[str]) -> torch.Tensor:
+    """The model's NLI logits (B, 3) for a training batch (pair head: length-sorted ``ctx.embed``)."""
     model = ctx.model
     if model.config.nli_head == "pair":
-        logits = model.nli_head(ctx.embed([p.premise for p in batch]), ctx.embed([p.hypothesis for p in batch]))
-    else:
-        logits = model.nli_logits([p.premise for p in batch], [p.hypothesis for p in batch],
-                                  max_tokens=ctx.cfg.max_tokens)
+        return model.nli_head(ctx.embed(premises), ctx.embed(hypotheses))
+    ctx.sentences += 2 * len(premises)
+    return model.nli_logits(premises, hypotheses, max_tokens=ctx.cfg.max_tokens)
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the two (B, 3) logit sets' softmax, averaged over rows (knowledge
+    distillation with soft labels, Hinton et al. 2015, temperature 1); 0 for an empty batch."""
+    if len(student_logits) == 0:
+        return student_logits.sum()
+    return F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1),
+                    reduction="batchmean", log_target=True)
+
+
+def loss_nli(ctx: StageContext, rng: random.Random, batch_size: int | None = None) -> Losses:
+    """Cross-entropy on sampled labelled pairs; with an NLI teacher, plus ``nli_kd_weight`` x the KL to
+    its probabilities on the same pairs and ``nli_pseudo_weight`` x the KL on pseudo-labelled pairs."""
+    cfg = ctx.cfg
+    pairs, weights = ctx.data.nli_train
+    g = torch.Generator().manual_seed(rng.randrange(2**62))
+    idx = torch.multinomial(weights, batch_size or cfg.nli_batch, replacement=True, generator=g).tolist()
+    batch = [pairs[i] for i in idx]
+    premises, hypotheses = [p.premise for p in batch], [p.hypothesis for p in batch]
+    logits = nli_logits(ctx, premises, hypotheses)
     gold = torch.tensor([NLI_LABEL_IDS[p.label] for p in batch])
-    return {"nli": F.cross_entropy(logits, gold)}
+    out = {"nli": F.cross_entropy(logits, gold)}
+    if batch_size is None and cfg.nli_kd_weight > 0:
+        rows, teacher = ctx.data.nli_teacher.for_pairs(premises, hypotheses)
+        out["nli_kd"] = cfg.nli_kd_weight * soft_label_kl(logits[rows], teacher)
+    if batch_size is None and cfg.nli_pseudo and cfg.nli_pseudo_weight > 0:
+        t = ctx.data.nli_teacher
+        pick = rng.sample(range(len(t.pseudo)), min(cfg.nli_pseudo_batch, len(t.pseudo)))
+        student = nli_logits(ctx, [t.pseudo[i][0] for i in pick], [t.pseudo[i][1] for i in pick])
+        out["nli_pseudo"] = cfg.nli_pseudo_weight * soft_label_kl(student, t.pseudo_logits[pick])
+    return out
 
 
 def loss_token_init(ctx: StageContext, rng: random.Random) -> Losses:

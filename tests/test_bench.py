@@ -202,6 +202,8 @@ def test_request_bodies_and_metrics_parsing():
     bodies = request_bodies([("a", "b"), ("c", "d"), ("e", "f")], pairs_per_request=2)
     assert len(bodies) == 1
     assert json.loads(bodies[0]) == {"pairs": [{"text_a": "a", "text_b": "b"}, {"text_a": "c", "text_b": "d"}]}
+    nli = request_bodies([("a", "b")], pairs_per_request=1, endpoint="nli")
+    assert json.loads(nli[0]) == {"pairs": [{"premise": "a", "hypothesis": "b"}]}
     text = """# HELP x
 pete_batch_size_sum 10.0
 pete_batch_size_count 4.0
@@ -210,6 +212,15 @@ pete_request_duration_seconds_count{endpoint="/similarity",status="429"} 2.0
 """
     m = parse_metrics(text)
     assert m["pete_batch_size_sum"] == 10.0 and m["pete_request_duration_seconds_count"] == 5.0
+
+
+def test_the_baseline_scenario_serves_the_other_checkpoint():
+    from bench.serving import build_scenarios
+
+    with pytest.raises(ValueError, match="--baseline-model"):
+        build_scenarios(["pete_baseline"], "new", 1, {})
+    sc = build_scenarios(["pete", "pete_baseline"], "new", 1, {}, baseline_model="old")
+    assert [s.env["PETE_MODEL_PATH"] for s in sc] == ["new", "old"]
 
 
 def _scenario(sat, p32=None, p99=None, hwm=None, probe=None):

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from app.inference import model_nbytes
-from model.encoder import NLI_LABELS, EncoderConfig, Packing, SentenceEncoder, mean_pool, mean_pool_packed
+from model.encoder import (NLI_LABELS, AlignHead, EncoderConfig, Packing, SentenceEncoder, mean_pool,
+                           mean_pool_packed)
 from model.quantize import Int8Linear, quantize_linear_int8, weight_tensors
 from model.tokenizer import (
     SPECIAL_TOKENS,
@@ -151,8 +152,9 @@ def test_int8_model_keeps_a_sentence_independent_of_its_batch():
     torch.testing.assert_close(batched, alone, atol=1e-3 * alone.abs().max().item(), rtol=0)
 
 
-def test_padding_invariance_of_nli_probabilities():
-    model = tiny_model()
+@pytest.mark.parametrize("nli_head", ["pair", "align"])
+def test_padding_invariance_of_nli_probabilities(nli_head):
+    model = tiny_model(nli_head)
     long = " ".join(TEXTS * 3)
     alone = model.predict_nli([TEXTS[0]], [TEXTS[1]])
     batched = model.predict_nli([TEXTS[0], long], [TEXTS[1], long])[:1]
@@ -180,7 +182,7 @@ def test_tokenize_truncates_and_flags():
     assert model.tokenize([" ".join(TEXTS * 5)], max_tokens=1000).input_ids.shape[1] == model.config.max_len
 
 
-@pytest.mark.parametrize("nli_head", ["pair", "cross"])
+@pytest.mark.parametrize("nli_head", ["pair", "align", "cross"])
 def test_predict_nli_returns_probabilities(nli_head):
     model = tiny_model(nli_head)
     premises, hypotheses = TEXTS[:4], TEXTS[1:5]
@@ -202,7 +204,39 @@ def test_cross_head_reads_the_pair_jointly():
     assert model.parameter_counts()["nli_head"] == 32 * 16 + 16 + 16 * 3 + 3
 
 
-@pytest.mark.parametrize("nli_head", ["pair", "cross"])
+def test_align_head_is_not_symmetric_and_counts_its_parameters():
+    model = tiny_model("align")
+    forward = model.predict_nli([TEXTS[0]], [TEXTS[2]])
+    swapped = model.predict_nli([TEXTS[2]], [TEXTS[0]])
+    assert (forward - swapped).abs().max() > 1e-3
+    d, h = model.config.dim, model.config.nli_hidden
+    assert model.parameter_counts()["nli_head"] == 4 * d * h + 5 * h * h + 6 * h + 3
+    assert sum(p.numel() for p in AlignHead(256, 192).parameters()) == 382_083  # the docstring's figure
+
+
+def test_align_head_ignores_padding_in_its_inputs():
+    """Padded positions of either side change nothing, whatever their values."""
+    torch.manual_seed(0)
+    head = AlignHead(8, 6).eval()
+    a, b = torch.randn(1, 3, 8), torch.randn(1, 4, 8)
+    ones_a, ones_b = torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    ref = head(a, ones_a, b, ones_b)
+    pad = lambda x, n: torch.cat((x, 1e3 * torch.randn(1, n, 8)), dim=1)  # noqa: E731
+    mask = lambda m, n: torch.cat((m, torch.zeros(1, n, dtype=torch.bool)), dim=1)  # noqa: E731
+    torch.testing.assert_close(head(pad(a, 5), mask(ones_a, 5), pad(b, 2), mask(ones_b, 2)), ref, atol=1e-5, rtol=0)
+
+
+def test_set_nli_head_replaces_the_head_and_rejects_unknown_kinds():
+    model = tiny_model("pair")
+    model.set_nli_head("align", 12)
+    assert isinstance(model.nli_head, AlignHead) and model.config.nli_head == "align"
+    assert model.config.nli_hidden == 12 and not model.nli_joint
+    assert model.predict_nli(TEXTS[:2], TEXTS[1:3]).shape == (2, 3)
+    with pytest.raises(ValueError, match="unknown nli_head"):
+        model.set_nli_head("bilinear")
+
+
+@pytest.mark.parametrize("nli_head", ["pair", "align", "cross"])
 def test_save_load_round_trip(tmp_path, nli_head):
     model = tiny_model(nli_head)
     before_vec = model.encode(TEXTS)
@@ -305,3 +339,26 @@ def test_bundled_checkpoint_ranks_a_paraphrase_above_an_unrelated_pair_and_score
     assert sim[1] < 0.5 < sim[0]  # cosines spread like the teacher's: unrelated low, paraphrase high
     probs = model.predict_nli(["A man is playing a guitar."], ["A person plays the guitar."])
     torch.testing.assert_close(probs.sum(-1), torch.ones(1))
+
+
+NLI_EXAMPLES = [  # (premise, hypothesis, label): README's example and plain variations of it
+    ("A man is playing a guitar on stage.", "A man is performing music.", "entailment"),
+    ("A man is playing a guitar on stage.", "Nobody is playing an instrument.", "contradiction"),
+    ("A man is playing a guitar on stage.", "The man is a famous musician.", "neutral"),
+    ("Two dogs are running through a field.", "The dogs are sleeping.", "contradiction"),
+    ("Two dogs are running through a field.", "Animals are outdoors.", "entailment"),
+    ("A woman is reading a book in a park.", "A woman is reading a novel for a class.", "neutral"),
+    ("A man is sleeping.", "A man is awake.", "contradiction"),
+]
+
+
+@pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").is_file(), reason="no bundled checkpoint")
+@pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "int8"])
+def test_bundled_checkpoint_answers_plain_nli_pairs(quantize):
+    """The shipped NLI head, as evaluated and as served (int8), on pairs a user would try first."""
+    model = SentenceEncoder.from_pretrained(CHECKPOINT)
+    if quantize:
+        model.quantize("int8")
+    probs = model.predict_nli([p for p, _, _ in NLI_EXAMPLES], [h for _, h, _ in NLI_EXAMPLES])
+    predicted = [NLI_LABELS[i] for i in probs.argmax(-1).tolist()]
+    assert predicted == [y for *_, y in NLI_EXAMPLES]

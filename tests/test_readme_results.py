@@ -29,3 +29,15 @@ def test_a_changed_report_changes_the_readme():
 def test_missing_block_is_an_error():
     with pytest.raises(ValueError, match="generated:results"):
         readme_results.render_readme("# no blocks here\n", readme_results.load_reports())
+
+
+def test_nli_variants_and_the_nli_teacher_come_from_their_reports():
+    reports = readme_results.load_reports()
+    assert reports["nli_variants"], "bench/results/nli_v2/variants.json lists no variant"
+    text = readme_results.README.read_text()
+    changed = copy.deepcopy(reports)
+    name = next(iter(changed["nli_variants"]))
+    changed["nli_variants"][name]["report"]["nli"]["snli_test"]["accuracy"] = 12.3456
+    changed["teacher"]["nli"]["mnli_dev_matched"]["accuracy"] = 98.7654
+    new = readme_results.render_readme(text, changed)
+    assert "| 12.35 % |" in new and "98.77 %" in new
