@@ -21,8 +21,9 @@ PIP := $(VPY) -m pip --disable-pip-version-check
 TORCH_VERSION := 2.13.0
 LOCK := requirements.lock
 
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# make serve HOST=... PORT=... wins over PETE_HOST / PETE_PORT in the environment, which win over the defaults.
+HOST ?= $(or $(PETE_HOST),127.0.0.1)
+PORT ?= $(or $(PETE_PORT),8000)
 MODEL_PATH ?= model/checkpoints/default
 PYTEST_ARGS ?=
 
@@ -55,9 +56,7 @@ install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
 
 serve: $(RUNTIME_STAMP)
-	PETE_MODEL_PATH="$${PETE_MODEL_PATH:-$(MODEL_PATH)}" \
-	  $(VENV)/bin/uvicorn --factory app.main:create_app --host $(HOST) --port $(PORT) \
-	  --workers "$${PETE_WORKERS:-1}"
+	$(VENV)/bin/pete-serve --host "$(HOST)" --port "$(PORT)" --model "$${PETE_MODEL_PATH:-$(MODEL_PATH)}"
 
 # Debian's prometheus package provides `prometheus` and `promtool` for tests/test_deploy_prometheus.py.
 # Installed only when missing and we are root with apt-get; otherwise those tests skip with a reason.

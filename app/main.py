@@ -1,6 +1,6 @@
 """App factory and console entry point.
 
-Run with ``pete-serve`` (``app.main:main``), or ``uvicorn --factory app.main:create_app``.
+Run with ``pete-serve`` (``app.cli:main``), or ``uvicorn --factory app.main:create_app``.
 ``app.main:app`` also exists for tools that want an app object; building it reads settings from
 the environment but loads nothing: the model is loaded by the lifespan, at server start-up.
 """
@@ -8,9 +8,6 @@ the environment but loads nothing: the model is loaded by the lifespan, at serve
 from __future__ import annotations
 
 import logging
-import math
-import signal
-import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -80,20 +77,5 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
     return app
 
 
-def main() -> None:
-    """Console entry ``pete-serve``: run uvicorn on ``Settings.host``/``port`` with the app factory."""
-    import uvicorn
-
-    settings = Settings()
-    # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal; with the
-    # default handler the process would die by SIGTERM (status 143) after a clean drain. Exit 0 instead.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level,
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
-
-
 app = create_app()
 
-if __name__ == "__main__":
-    main()

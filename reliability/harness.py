@@ -15,10 +15,12 @@ With none set, no seam is installed and the app is exactly the production one.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
 import app.main as app_main
+from app import cli
 
 
 class EnvFaults:
@@ -59,11 +61,11 @@ _original_create_app = app_main.create_app
 
 
 def main() -> None:
-    """Run ``app.main.main()`` (the ``pete-serve`` entry) serving this module's ``create_app``."""
+    """Run ``app.cli.main()`` (the ``pete-serve`` entry) serving this module's ``create_app``."""
     app_main.create_app = lambda settings=None, *, before_batch=None: (
         _original_create_app(settings, before_batch=before_batch) if settings is not None or before_batch is not None
         else create_app())
-    app_main.main()
+    sys.exit(cli.main([]))
 
 
 if __name__ == "__main__":

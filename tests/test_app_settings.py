@@ -36,7 +36,8 @@ def test_every_field_is_documented():
 
 
 def test_module_level_app_loads_nothing():
-    from app.main import app, create_app, main
+    from app.cli import main
+    from app.main import app, create_app
 
     svc = app.state.service
     assert svc.model is None and svc.batcher is None and not svc.ready

@@ -72,7 +72,7 @@ def test_pyproject_metadata():
             "kubernetes-validate", "pyyaml"} <= dev
     assert not dev & BIG_TRAIN, "tests must not need the large train-only packages"
     assert proj["scripts"] == {
-        "pete-serve": "app.main:main",
+        "pete-serve": "app.cli:main",
         "pete-train": "model.train:main",
         "pete-evaluate": "model.evaluate:main",
     }
@@ -182,7 +182,7 @@ def test_wheel_contains_packages_checkpoint_and_scripts(tmp_path):
         assert f in names, f"{f} missing from the wheel"
     assert {"app/__init__.py", "model/__init__.py", "model/encoder.py"} <= names
     assert not [n for n in names if n.startswith(("tests/", "deploy/", "bench/"))]
-    for line in ("pete-serve = app.main:main", "pete-train = model.train:main",
+    for line in ("pete-serve = app.cli:main", "pete-train = model.train:main",
                  "pete-evaluate = model.evaluate:main"):
         assert line in entry_points
 

@@ -1,0 +1,113 @@
+"""``pete-serve``: the service's command line.
+
+    pete-serve                          # serve with the PETE_* settings from the environment
+    pete-serve --port 9000 --model DIR  # options override the environment for this run
+    pete-serve --help | --version
+
+Options are applied as their ``PETE_*`` environment variables before ``Settings`` is read, so the
+uvicorn worker processes (which build the app themselves through ``app.main:create_app``) see the
+same values. A bad setting or a checkpoint directory without its files ends the command with a
+one-line message and exit status 2, before any server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+from importlib import metadata
+
+OPTIONS = {  # option -> (environment variable, type, help)
+    "--host": ("PETE_HOST", str, "address to bind (default: PETE_HOST or 127.0.0.1)"),
+    "--port": ("PETE_PORT", int, "TCP port (default: PETE_PORT or 8000)"),
+    "--workers": ("PETE_WORKERS", int, "uvicorn worker processes, each with its own model copy "
+                                      "(default: PETE_WORKERS or 1)"),
+    "--model": ("PETE_MODEL_PATH", str, "checkpoint directory (default: PETE_MODEL_PATH or the bundled "
+                                       "model/checkpoints/default)"),
+}
+
+
+def version() -> str:
+    """The installed distribution's version (``pyproject.toml``), or ``app.main.__version__`` when the
+    package runs from a source tree that is not installed."""
+    try:
+        return metadata.version("pete-serve")
+    except metadata.PackageNotFoundError:
+        from app.main import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pete-serve`` argument parser (every other setting: ``PETE_*`` variables, README)."""
+    p = argparse.ArgumentParser(prog="pete-serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"pete-serve {version()}")
+    for flag, (_, typ, text) in OPTIONS.items():
+        p.add_argument(flag, type=typ, help=text)
+    return p
+
+
+def apply_options(args: argparse.Namespace, environ=os.environ) -> None:
+    """Write the options given on the command line into ``environ`` as their ``PETE_*`` variables."""
+    for flag, (var, _, _) in OPTIONS.items():
+        value = getattr(args, flag.lstrip("-"))
+        if value is not None:
+            environ[var] = str(value)
+
+
+class StartupError(ValueError):
+    """A setting is invalid or the checkpoint directory lacks a file; the message says which."""
+
+
+def checked_settings():
+    """``Settings`` from the environment, with the checkpoint's files present.
+
+    Raises:
+        StartupError: a setting is invalid or the checkpoint directory lacks a file.
+    """
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+    from model.encoder import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+        raise StartupError(f"invalid setting: {errors}") from None
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME) if not (settings.model_path / n).is_file()]
+    if missing:
+        raise StartupError(f"no checkpoint at {settings.model_path} (missing {', '.join(missing)}); "
+                           "pass --model DIR or set PETE_MODEL_PATH")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry ``pete-serve``: parse options, check the settings, run uvicorn with the app factory.
+
+    Returns 0 after a clean stop (SIGTERM or Ctrl-C drains in-flight requests first); exits 2 on a bad
+    option, setting or checkpoint path.
+    """
+    args = build_parser().parse_args(argv)
+    apply_options(args)
+    try:
+        settings = checked_settings()
+    except StartupError as e:
+        print(f"pete-serve: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal; with the
+    # default handler the process would die by SIGTERM (status 143) after a clean drain. Exit 0 instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
