@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.encoder import NLI_HEADS
+
+
 def parse_stages(text: str) -> list[tuple[str, int]]:
     """``"token_init:1500,contrastive:4000"`` -> [("token_init", 1500), ("contrastive", 4000)].
 
@@ -62,7 +65,7 @@ class TrainConfig:
     ffn_dim: int = _opt(1024, "GeGLU hidden width")
     max_len: int = _opt(128, "longest input the model serves (tokens)")
     max_tokens: int = _opt(64, "truncation while training (tokens)")
-    nli_head: str = _opt("pair", "NLI head (model.encoder.NLI_HEADS)", choices=("pair", "align", "cross"))
+    nli_head: str = _opt("pair", "NLI head (model.encoder.NLI_HEADS)", choices=tuple(NLI_HEADS))
     nli_hidden: int = _opt(128, "NLI head hidden width")
     # optimisation
     lr: float = _opt(1e-3, "peak learning rate of the contrastive stage")
