@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.data import NLI_LABEL_IDS, DataPaths, NLIPair, read_nli, split_snli_dev
+from model.data import NLI_LABEL_IDS, DataPaths, NLIPair, read_nli
 from model.encoder import NLI_LABELS
 from model.teacher import NLI_TEACHER_DIR, TeacherCache, teacher_dir
 
@@ -88,22 +87,31 @@ def tokenize_pairs(tokenizer, premises: Sequence[str], hypotheses: Sequence[str]
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def teacher_train_pairs(data_dir: str | Path) -> list[NLIPair]:
-    """The student's 3-way training pairs (``TrainData.nli_train``) + MultiNLI dev mismatched."""
+TRAINED_ON_SPLITS = ("mnli_dev_mismatched",)  # evaluation splits the teacher also trains on (DataPaths names)
+
+
+def teacher_data(data_dir: str | Path):
+    """The student's ``TrainData`` with ``TRAINED_ON_SPLITS`` added as NLI files: its ``nli_train`` pairs
+    are what the teacher trains on, its ``nli_valid`` the SNLI dev half held back from both."""
     from model.train_config import TrainConfig
     from model.train_data import TrainData
 
     paths = DataPaths(data_dir)
-    cfg = TrainConfig(data_dir=str(data_dir), out="-", nli_file=[str(paths.mnli_dev_mismatched)])
-    return list(TrainData(cfg).nli_train[0])
+    cfg = TrainConfig(data_dir=str(data_dir), out="-", nli_file=[str(getattr(paths, s)) for s in TRAINED_ON_SPLITS])
+    return TrainData(cfg)
+
+
+def teacher_train_pairs(data_dir: str | Path) -> list[NLIPair]:
+    """The student's 3-way training pairs (``TrainData.nli_train``) + ``TRAINED_ON_SPLITS``."""
+    return list(teacher_data(data_dir).nli_train[0])
 
 
 def eval_sets(data_dir: str | Path) -> dict[str, list[NLIPair]]:
-    """Named evaluation sets: SNLI test, SNLI dev held-back half, MultiNLI dev matched / mismatched
-    (mismatched is trained on: reported, not held out)."""
+    """Named evaluation sets: SNLI test, SNLI dev held-back half (split as pete-train splits it),
+    MultiNLI dev matched / mismatched (mismatched is trained on: reported, not held out)."""
     paths = DataPaths(data_dir)
     return {"snli_test": read_nli(paths.snli_test),
-            "snli_dev_heldout": split_snli_dev(read_nli(paths.snli_dev), 0.5)[1],
+            "snli_dev_heldout": teacher_data(data_dir).nli_valid,
             "mnli_dev_matched": read_nli(paths.mnli_dev_matched),
             "mnli_dev_mismatched": read_nli(paths.mnli_dev_mismatched)}
 
@@ -294,7 +302,7 @@ def evaluate(teacher_directory: str | Path, data_dir: str | Path, batch_size: in
 
     model, tokenizer = load_trained(teacher_directory), load_tokenizer()
     report = {"teacher": "all-MiniLM-L6-v2 cross-encoder (mean pooling + linear), fine-tuned one epoch",
-              "weights_sha256_12": weights_digest(teacher_directory), "trained_on": ["mnli_dev_mismatched"],
+              "weights_sha256_12": weights_digest(teacher_directory), "trained_on": list(TRAINED_ON_SPLITS),
               "sets": {}}
     train_json = Path(teacher_directory) / "train.json"
     if train_json.exists():

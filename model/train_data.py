@@ -12,6 +12,8 @@ import torch
 
 from model.data import (NLI_LABEL_IDS, DataPaths, NLIPair, STSPair, caption_groups, read_nli, read_sentences,
                         read_sts, split_snli_dev)
+from model.nli_teacher import pair_key
+from model.teacher import TeacherCache
 from model.train_config import TrainConfig
 
 log = logging.getLogger("pete.train")
@@ -101,31 +103,27 @@ class NliTeacherLogits:
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from model.nli_teacher import pair_key
-        from model.teacher import TeacherCache
-
-        self._key = pair_key
         root = Path(cfg.nli_teacher)
         self.by_pair: dict[str, np.ndarray] = {}
         if cfg.nli_kd_weight > 0:
-            keys, logits = self._open(TeacherCache, root / "logits_train")
+            keys, logits = self._open(root / "logits_train")
             self.by_pair = dict(zip(keys, logits))
             log.info("nli teacher: logits of %d labelled pairs", len(self.by_pair))
         self.pseudo: list[tuple[str, str]] = []
         parts = []
         for name in cfg.nli_pseudo:
-            keys, logits = self._open(TeacherCache, root / f"logits_{name}")
+            keys, logits = self._open(root / f"logits_{name}")
             self.pseudo += [tuple(k.split("\t", 1)) for k in keys]
             parts.append(logits)
             log.info("nli teacher: %d pseudo-labelled pairs from %s", len(keys), name)
         self.pseudo_logits = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, 3)
 
     @staticmethod
-    def _open(cache_cls, directory: Path) -> tuple[list[str], np.ndarray]:
+    def _open(directory: Path) -> tuple[list[str], np.ndarray]:
         if not (directory / "meta.json").exists():
             raise FileNotFoundError(f"no NLI teacher logit cache at {directory}: run "
                                     f"`python -m model.nli_teacher label` first")
-        cache = cache_cls(directory)
+        cache = TeacherCache(directory)
         n = cache.done
         return cache.texts()[:n], np.asarray(cache.embeddings()[:n], dtype=np.float32)
 
@@ -133,7 +131,7 @@ class NliTeacherLogits:
         """Rows that have a cached teacher logit, and those logits (len(rows), 3) float32."""
         rows, found = [], []
         for i, (p, h) in enumerate(zip(premises, hypotheses)):
-            t = self.by_pair.get(self._key(p, h))
+            t = self.by_pair.get(pair_key(p, h))
             if t is not None:
                 rows.append(i)
                 found.append(t)
@@ -151,8 +149,6 @@ class TeacherTargets:
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from model.teacher import TeacherCache
-
         try:
             self.cache = TeacherCache(cfg.teacher_cache)
         except FileNotFoundError:

@@ -15,7 +15,7 @@ from model.nli_teacher import epoch_batches, pair_key, read_pairs_file
 from model.stages import soft_label_kl
 from model.teacher import TeacherCache
 from model.tokenizer import tokenizer_from_vocab
-from test_model_train import all_texts, data_dir, run_train, tiny_vocab  # noqa: F401 (fixture)
+from test_model_train import GROUPS, all_texts, data_dir, nli_rows, run_train  # noqa: F401 (data_dir: fixture)
 
 torch.set_num_threads(1)
 
@@ -136,8 +136,6 @@ def test_nli_stage_learns_the_teachers_labels_on_pseudo_labelled_pairs(data_dir,
     strong = np.array([-4.0, -4.0, 4.0], dtype=np.float32)  # contradiction
     TeacherCache.create(teacher / "logits_toy", [pair_key(a, b) for a, b in pseudo], dim=3).fill(
         lambda rows: np.tile(strong, (len(rows), 1)))
-    from test_model_train import nli_rows, GROUPS
-
     labelled = [r for i in range(len(GROUPS)) for r in nli_rows(i)]
     gold = {"entailment": [4.0, -4.0, -4.0], "neutral": [-4.0, 4.0, -4.0], "contradiction": [-4.0, -4.0, 4.0]}
     keys = [pair_key(p, h) for p, h, _ in labelled]
