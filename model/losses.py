@@ -4,6 +4,7 @@
 - ``cosent``: ranking loss on cosine similarities for graded pairs (Su 2022).
 - ``distill_cosine``: knowledge distillation of sentence embeddings (Reimers & Gurevych 2020,
   "Making monolingual sentence embeddings multilingual"), 1 - cos through a learned projection.
+- ``pair_cosine_mse``: the student's cosine of given sentence pairs regresses the teacher's.
 - ``similarity_matrix_mse``: relational distillation: the student's in-batch cosine matrix regresses
   the teacher's (Park et al. 2019, "Relational knowledge distillation", distance-wise loss with cosine
   similarity), in the student's own space, which is the space the service computes cosines in.
@@ -61,3 +62,15 @@ def similarity_matrix_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch
     off = ~torch.eye(n, dtype=torch.bool)
     diff = cosine_matrix(student) - cosine_matrix(teacher.to(student.dtype))
     return diff[off].pow(2).mean()
+
+
+def pair_cosine_mse(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a: torch.Tensor,
+                    teacher_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between cos(student_a_i, student_b_i) and cos(teacher_a_i, teacher_b_i).
+
+    student_* (k, d) and teacher_* (k, D) float; the pair-wise counterpart of
+    ``similarity_matrix_mse`` for chosen (related) pairs. Returns a scalar float32.
+    """
+    s = F.cosine_similarity(student_a, student_b, dim=-1)
+    t = F.cosine_similarity(teacher_a, teacher_b, dim=-1).to(s.dtype)
+    return (s - t).pow(2).mean()

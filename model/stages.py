@@ -7,6 +7,8 @@
                   1 - cos between a 256->384 projection of the student's sentence vector and the
                   teacher's, plus ``relational_weight`` x the MSE between the student's own in-batch
                   cosine matrix and the teacher's (so the served cosines spread like the teacher's),
+                  plus optionally ``distill_pairs`` near pairs (``model.near_pairs``) per batch whose
+                  cosines regress the teacher's (``pair_weight``),
                   plus optionally ``infonce_weight`` x the caption/triplet InfoNCE.
 - ``contrastive`` InfoNCE with in-batch negatives and a learnable temperature on caption pairs (same
                   image_id) and NLI entailment pairs with their contradiction as a hard negative;
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 
 from model.data import NLI_LABEL_IDS
 from model.encoder import SentenceEncoder
-from model.losses import cosent, distill_cosine, info_nce, similarity_matrix_mse
+from model.losses import cosent, distill_cosine, info_nce, pair_cosine_mse, similarity_matrix_mse
 from model.teacher import TEACHER_DIM
 from model.train_config import TrainConfig
 from model.train_data import TeacherTargets, TrainData
@@ -102,11 +104,19 @@ def infonce_loss(ctx: StageContext, rng: random.Random) -> torch.Tensor:
 
 def distill_losses(ctx: StageContext, rng: random.Random) -> Losses:
     """Distillation on ``distill_batch`` cached sentences: projected cosine + relational MSE."""
-    texts, target = ctx.teacher.sample(rng, ctx.cfg.distill_batch)
+    cfg = ctx.cfg
+    texts, target = ctx.teacher.sample(rng, cfg.distill_batch)
+    k = cfg.distill_pairs
+    if k:
+        pair_texts, pair_target = ctx.teacher.sample_pairs(rng, k)  # first sides, then second sides
+        texts, target = texts + pair_texts, torch.cat((target, pair_target))
     student = ctx.embed(texts)
     out = {"distill": distill_cosine(ctx.aux["distill_proj"](student), target)}
-    if ctx.cfg.relational_weight > 0:
-        out["relational"] = ctx.cfg.relational_weight * similarity_matrix_mse(student, target)
+    if cfg.relational_weight > 0:
+        out["relational"] = cfg.relational_weight * similarity_matrix_mse(student, target)
+    if k:
+        s, t = student[-2 * k :], target[-2 * k :]
+        out["pair"] = cfg.pair_weight * pair_cosine_mse(s[:k], s[k:], t[:k], t[k:])
     return out
 
 

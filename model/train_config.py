@@ -82,6 +82,10 @@ class TrainConfig:
     distill_sentences: int = _opt(0, "distil from the first N cached rows only (0: every finished row)")
     distill_weight: float = _opt(0.0, "weight of the distillation loss inside the contrastive and sts stages")
     relational_weight: float = _opt(1.0, "weight of the in-batch cosine-matrix MSE in distillation")
+    distill_pairs: int = _opt(0, "near pairs (model.near_pairs: STS-B/MRPC train texts, teacher neighbours) "
+                                 "added to each distillation batch")
+    pair_weight: float = _opt(1.0, "weight of the MSE between student and teacher cosines of the near pairs")
+    pair_pool: int = _opt(150_000, "cached rows searched for teacher neighbours (near pairs)")
     infonce_weight: float = _opt(0.0, "weight of caption/triplet InfoNCE inside the distill stage")
     sts_batch: int = _opt(32, "STS-B train pairs per CoSENT batch")
     nli_batch: int = _opt(64, "NLI pairs per batch of the nli stage")

@@ -12,6 +12,7 @@ import torch
 
 from model.data import (NLI_LABEL_IDS, DataPaths, NLIPair, STSPair, caption_groups, read_nli, read_sentences,
                         read_sts, split_snli_dev)
+from model.near_pairs import near_pairs
 from model.nli_teacher import pair_key
 from model.teacher import TeacherCache
 from model.train_config import TrainConfig
@@ -154,6 +155,7 @@ class TeacherTargets:
         except FileNotFoundError:
             raise FileNotFoundError(f"no teacher cache at {cfg.teacher_cache}: run "
                                     f"`python -m model.teacher --cache-dir {cfg.teacher_cache}` first") from None
+        self.cfg = cfg
         self.limit = cfg.distill_sentences or self.cache.rows
         self._texts = self.cache.texts()
         self.embeddings = self.cache.embeddings()
@@ -169,6 +171,18 @@ class TeacherTargets:
             log.info("distillation: %d of %d cached sentences usable", n, self.cache.rows)
         self.n = n
         return n
+
+    @functools.cached_property
+    def pairs(self) -> np.ndarray:
+        """(m, 2) int64 near pairs among the usable rows (``model.near_pairs``), computed on first use."""
+        return near_pairs(self.cache.dir, self.embeddings, self._texts, DataPaths(self.cfg.data_dir), self.n,
+                          pool=self.cfg.pair_pool, seed=self.cfg.seed)
+
+    def sample_pairs(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
+        """``k`` near pairs: (first sides then second sides, 2k texts; (2k, 384) float32 embeddings)."""
+        pick = self.pairs[rng.sample(range(len(self.pairs)), k)]
+        idx = np.concatenate((pick[:, 0], pick[:, 1]))
+        return [self._texts[i] for i in idx], torch.from_numpy(np.asarray(self.embeddings[idx], dtype=np.float32))
 
     def sample(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` distinct rows: (texts, (k, 384) float32 teacher embeddings)."""

@@ -23,7 +23,7 @@ import numpy as np
 from model import evaluate, stages, train
 from model.data import caption_groups, read_sentences
 from model.encoder import EncoderConfig, SentenceEncoder
-from model.losses import cosent, info_nce, similarity_matrix_mse
+from model.losses import cosent, info_nce, pair_cosine_mse, similarity_matrix_mse
 from model.teacher import TeacherCache
 from model.tokenizer import SPECIAL_TOKENS, tokenizer_from_vocab
 
@@ -385,6 +385,51 @@ def test_distillation_moves_the_students_cosines_towards_the_teachers(data_dir, 
     assert [r["step"] for r in curve] == [20, 40] and all(r["stage"] == "distill" for r in curve)
     assert set(curve[-1]["sts_dev_cosine_by_gold"]) == {"0-1", "1-2", "2-3", "3-4", "4-5"}
     assert (tmp_path / "run" / "best_distill" / "model.safetensors").is_file()
+
+
+def test_pair_cosine_mse_is_zero_for_matching_cosines_and_the_squared_gap_otherwise():
+    a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    assert float(pair_cosine_mse(a, b, 3 * a, 2 * b)) == pytest.approx(0.0, abs=1e-7)  # scale-free
+    # student cosines (0, 0.7071) vs teacher (1, 1): ((1)^2 + (1 - 0.7071)^2) / 2
+    assert float(pair_cosine_mse(a, b, a, a)) == pytest.approx((1 + (1 - 2 ** -0.5) ** 2) / 2, rel=1e-5)
+
+
+def test_near_pairs_are_teacher_neighbours_plus_the_training_splits_pairs(tmp_path):
+    from model.data import DataPaths
+    from model.near_pairs import dataset_pairs, mine_neighbours, near_pairs
+
+    # 3 clusters of 4 rows around orthogonal directions; row 1 duplicates row 0 (cos 1)
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:3] * 4
+    emb = np.concatenate([c + 0.5 * rng.standard_normal((4, 8)) for c in centres]).astype(np.float16)
+    emb[1] = emb[0]
+    pairs = mine_neighbours(emb, np.arange(12), k=2)
+    assert len(pairs) and (pairs[:, 0] < pairs[:, 1]).all() and len(np.unique(pairs, axis=0)) == len(pairs)
+    assert ((pairs[:, 0] // 4) == (pairs[:, 1] // 4)).all()  # neighbours come from the same cluster
+    assert not ((pairs[:, 0] == 0) & (pairs[:, 1] == 1)).any()  # the duplicate is skipped
+    assert set(mine_neighbours(emb, np.array([4, 5, 6, 7]), k=1).flatten()) <= {4, 5, 6, 7}  # pool only
+
+    root = build_data_dir(tmp_path / "data")
+    texts = sorted(set(all_texts()))
+    row_of = {t: i for i, t in enumerate(texts)}
+    human = dataset_pairs(DataPaths(root), row_of)
+    a, b, _ = sts_rows(1)[0]  # STS-B train's first pair
+    assert [row_of[a], row_of[b]] in human.tolist()
+
+    emb = np.random.default_rng(1).standard_normal((len(texts), 8)).astype(np.float16)
+    first = near_pairs(tmp_path, emb, texts, DataPaths(root), n=len(texts), pool=20, k=1)
+    saved = list(tmp_path.glob("near_pairs_20_1_0.npy"))
+    assert saved and len(first) >= len(human)
+    assert np.array_equal(near_pairs(tmp_path, emb * 0, texts, DataPaths(root), n=len(texts), pool=20, k=1), first)
+    assert (near_pairs(tmp_path, emb, texts, DataPaths(root), n=10, pool=20, k=1) < 10).all()  # finished rows
+
+
+def test_distillation_with_near_pairs_adds_the_pair_loss(data_dir, teacher_cache, tmp_path):
+    run_train(data_dir, tmp_path / "run", "--stages", "distill:3", "--teacher-cache", str(teacher_cache),
+              "--distill-batch", "8", "--distill-pairs", "4", "--pair-pool", "30", "--log-every", "1")
+    steps = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if " distill step " in line and " lr " in line]
+    assert len(steps) == 3 and all(" pair " in line and "relational" in line for line in steps)
+    assert (teacher_cache / "near_pairs_30_2_0.npy").is_file()
 
 
 def test_distillation_without_a_teacher_cache_says_how_to_build_one(data_dir, tmp_path):
