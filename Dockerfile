@@ -2,11 +2,20 @@
 # pete-serve image: CPU-only torch, pinned runtime deps from requirements.lock (the same file
 # `make serve` / `make test` install from), the project with its bundled checkpoint.
 #
+#   make image                     (docker when its daemon answers, else podman/buildah: deploy/image/build.sh)
 #   docker build -t pete-serve:0.1.0 .
 #   docker run --rm -p 8000:8000 -e PETE_WORKERS=1 -e PETE_TORCH_THREADS=2 pete-serve:0.1.0
+#
+# Build arguments: TORCH_PIP_ARGS says where pip finds torch 2.13.0's CPU build (default: the
+# PyTorch CPU index; deploy/image/build.sh passes a local wheel where that index is unreachable);
+# PIP_CERT, when given, is the CA bundle pip trusts (a host that intercepts TLS). The healthcheck
+# needs the docker image format (podman/buildah: --format docker).
 
 ############################ builder ############################
 FROM python:3.11-slim AS builder
+
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+ARG PIP_CERT
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -19,8 +28,9 @@ WORKDIR /src
 # 1. torch, CPU build, on its own (its deps are pinned in the lock file).
 # 2. the pinned runtime closure. Layers stay cached until requirements.lock changes.
 COPY requirements.lock ./
-RUN pip install --no-cache-dir --no-deps \
-        --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+# $TORCH_PIP_ARGS holds pip options (word-split on purpose), torch itself is pinned:
+# hadolint ignore=SC2086,DL3013
+RUN pip install --no-cache-dir --no-deps $TORCH_PIP_ARGS "torch==2.13.0" \
  && pip install --no-cache-dir -r requirements.lock
 
 # 3. the project itself (no deps: everything it needs came from the lock), checkpoint included

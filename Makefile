@@ -1,7 +1,8 @@
 # pete-serve: install, serve, test.
 #
 #   make serve   .venv + pinned runtime deps + project (editable), uvicorn on 127.0.0.1:8000
-#   make test    the same + the dev extra, Debian prometheus when possible, then pytest
+#   make test    the same + the dev extra, Debian prometheus and chromium when possible, then pytest
+#   make image   the container image (docker, else podman/buildah set up by deploy/image/prepare.sh)
 #   make lock    regenerate requirements.lock from the versions installed in .venv (pip-tools)
 #
 # Install order (the Dockerfile follows the same order and the same lock file):
@@ -30,11 +31,12 @@ PYTEST_ARGS ?=
 RUNTIME_STAMP := $(VENV)/.stamp-runtime
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: help install install-dev serve test deploy-tools lock lint-docker clean
+.PHONY: help install install-dev serve test deploy-tools image lock lint-docker clean
 
 help:
 	@echo "make serve   install (first run only) and serve on http://$(HOST):$(PORT)"
 	@echo "make test    install (first run only) with test tools and run the test suite"
+	@echo "make image   build the container image (docker, else podman: deploy/image/build.sh)"
 	@echo "make lock    regenerate $(LOCK) from .venv (pip-tools)"
 
 $(VPY):
@@ -58,18 +60,24 @@ install-dev: $(DEV_STAMP)
 serve: $(RUNTIME_STAMP)
 	$(VENV)/bin/pete-serve --host "$(HOST)" --port "$(PORT)" --model "$${PETE_MODEL_PATH:-$(MODEL_PATH)}"
 
-# Debian's prometheus package provides `prometheus` and `promtool` for tests/test_deploy_prometheus.py.
+# Debian packages the integration tests drive: prometheus (`prometheus`, `promtool`:
+# tests/test_deploy_prometheus.py) and chromium (/docs rendered offline: tests/test_app_docs.py).
 # Installed only when missing and we are root with apt-get; otherwise those tests skip with a reason.
+DEPLOY_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium
+
 deploy-tools:
-	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
-	  echo "prometheus/promtool: $$(command -v prometheus) $$(command -v promtool)"; \
+	@missing=""; for t in $(DEPLOY_TOOLS); do \
+	  command -v "$${t%%:*}" >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	missing="$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' ')"; \
+	if [ -z "$${missing// /}" ]; then \
+	  echo "deploy tools: $$(for t in $(DEPLOY_TOOLS); do command -v $${t%%:*}; done | tr '\n' ' ')"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing Debian package prometheus (for promtool and the integration test)"; \
+	  echo "installing Debian packages: $$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-	    || echo "WARNING: apt-get install prometheus failed; prometheus tests will skip or fail"; \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+	    || echo "WARNING: apt-get install $$missing failed; their tests will skip or fail"; \
 	else \
-	  echo "NOTE: prometheus/promtool not found and not root with apt-get: those tests will be skipped"; \
+	  echo "NOTE: $$missing not found and not root with apt-get: those tests will be skipped"; \
 	fi
 
 # pytest exit 5 means "no tests collected": with a tests/ folder that is a broken collection,
@@ -78,6 +86,12 @@ test: $(DEV_STAMP) deploy-tools
 	@rc=0; $(VPY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
 	exit $$rc
+
+# The container image: docker when its daemon answers, else podman/buildah (deploy/image/prepare.sh
+# installs them and bootstraps the base image where it can: root with apt-get). The size and build
+# time land in deploy/image/report.json (README's figure comes from there).
+image:
+	bash deploy/image/build.sh --report deploy/image/report.json $(if $(IMAGE_TAG),$(IMAGE_TAG),)
 
 lint-docker: $(DEV_STAMP)
 	$(VENV)/bin/hadolint Dockerfile

@@ -1,7 +1,8 @@
 """Error responses: one JSON shape for every error, no stack trace or file path ever.
 
-Body: ``{"error": <code>, "message": <text>, "detail": [{"field": "pairs.0.text_a", "message": ...}]}``
-(``detail`` only for 422 and field-specific 413). Status codes:
+Body: ``{"error": <code>, "message": <text>, "detail": [{"field": "pairs.0.text_a", "message": ...}]}``,
+always these three keys (``detail`` is null unless fields are at fault: 422 and field-specific 413),
+always rendered by ``JSONResponse`` (the ASGI middleware's early answers included). Status codes:
 
 - 400 ``http_400`` / ``bad_request``: the body is not decodable (not UTF-8, nested too deep) or the
   ``Content-Length`` header is not a number.
@@ -91,11 +92,9 @@ OVERLOADED_MESSAGE = "too many requests queued, retry later"
 
 
 def error_body(code: str, message: str, detail: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The JSON error body shared by every error response."""
-    body: dict[str, Any] = {"error": code, "message": message}
-    if detail is not None:
-        body["detail"] = detail
-    return body
+    """The JSON error body shared by every error response (``app.schemas.ErrorResponse``): error,
+    message and detail (None when no field is at fault)."""
+    return {"error": code, "message": message, "detail": detail}
 
 
 def _field(loc: tuple) -> str:

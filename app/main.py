@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
         finally:
             await service.stop()
 
-    app = FastAPI(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package (under
+    # /static-offline-docs), not from a CDN: the pages work without internet access.
+    app = FastAPIOffline(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, metrics)
     app.include_router(router)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Callable, Collection, Mapping
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import OVERLOADED_MESSAGE, error_body
@@ -15,13 +15,11 @@ from app.metrics import Metrics
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-async def _send_json(send: Send, status: int, body: dict, extra_headers: list[tuple[bytes, bytes]] | None = None,
-                     close: bool = True) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    headers += (extra_headers or []) + ([(b"connection", b"close")] if close else [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+async def _send_json(scope: Scope, receive: Receive, send: Send, status: int, body: dict,
+                     headers: dict[str, str] | None = None, close: bool = True) -> None:
+    """Answer with ``body`` rendered exactly as the app's error handlers render theirs (JSONResponse)."""
+    headers = {**(headers or {}), **({"connection": "close"} if close else {})}
+    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
 
 class LoadSheddingMiddleware:
@@ -41,7 +39,7 @@ class LoadSheddingMiddleware:
     def __init__(self, app: ASGIApp, free_slots: Callable[[], int | None], min_items: Mapping[str, int],
                  retry_after_s: int = 1, on_reject: Callable[[], None] | None = None) -> None:
         self.app, self.free_slots, self.min_items = app, free_slots, dict(min_items)
-        self.retry_after = [(b"retry-after", str(retry_after_s).encode())]
+        self.retry_after = {"retry-after": str(retry_after_s)}
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,8 +49,8 @@ class LoadSheddingMiddleware:
             if free is not None and free < need:
                 if self.on_reject is not None:
                     self.on_reject()
-                await _send_json(send, 429, error_body("overloaded", OVERLOADED_MESSAGE), self.retry_after,
-                                 close=False)
+                await _send_json(scope, receive, send, 429, error_body("overloaded", OVERLOADED_MESSAGE),
+                                 self.retry_after, close=False)
                 return
         await self.app(scope, receive, send)
 
@@ -79,9 +77,9 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    return await self._refuse(send, 400, "bad_request", "invalid Content-Length")
+                    return await self._refuse(scope, receive, send, 400, "bad_request", "invalid Content-Length")
                 if declared > self.max_bytes:
-                    return await self._too_large(send)
+                    return await self._too_large(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -90,7 +88,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._too_large(send)
+                return await self._too_large(scope, receive, send)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -106,13 +104,14 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
-        await self._refuse(send, 413, "body_too_large", f"request body larger than {self.max_bytes} bytes")
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._refuse(scope, receive, send, 413, "body_too_large",
+                           f"request body larger than {self.max_bytes} bytes")
 
-    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
         if self.on_reject is not None:
             self.on_reject()
-        await _send_json(send, status, error_body(code, message))
+        await _send_json(scope, receive, send, status, error_body(code, message))
 
 
 class RequestMetricsMiddleware:

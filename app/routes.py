@@ -1,19 +1,22 @@
 """HTTP endpoints. Thin: validate limits, build work items, await the batcher, shape the response.
 
-POST /similarity, /nli, /embeddings need the API key when one is set; GET /healthz, /readyz,
+POST /similarity, /nli, /v1/embeddings (alias /embeddings) need the API key when one is set; GET /healthz, /readyz,
 /info, /metrics are open (see ``app.auth``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+
+import numpy as np
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.auth import require_api_key
 from app.batching import WorkItem
-from app.errors import NotReady
+from app.errors import InvalidInput, NotReady
 from app.inference import cosine, nli_label
 from app.limits import check_limits
 from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, InfoResponse, Limits,
@@ -24,11 +27,11 @@ from model.encoder import NLI_LABELS
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
 
-ENDPOINTS = ("/similarity", "/nli", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
+ENDPOINTS = ("/similarity", "/nli", "/v1/embeddings", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
 # Fewest queue items one request to each POST endpoint enqueues (the work items built below: a
 # /similarity pair is two texts to embed, an NLI pair or an /embeddings input one item), for
 # shedding load before parsing (app.middleware.LoadSheddingMiddleware).
-MIN_QUEUE_ITEMS = {"/similarity": 2, "/nli": 1, "/embeddings": 1}
+MIN_QUEUE_ITEMS = {"/similarity": 2, "/nli": 1, "/v1/embeddings": 1, "/embeddings": 1}
 
 router = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
@@ -71,14 +74,31 @@ async def nli(body: NliRequest, request: Request) -> NliResponse:
     return NliResponse(results=results, model=svc.model_name)
 
 
-@protected.post("/embeddings", response_model=EmbeddingsResponse, summary="Sentence vectors")
+def _vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """A sentence vector as OpenAI returns it: floats, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@protected.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="Sentence vectors (OpenAI-compatible)")
+@protected.post("/embeddings", response_model=EmbeddingsResponse, summary="Sentence vectors (alias of /v1/embeddings)")
 async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
     svc = _service(request)
-    check_limits(svc.settings, "input", len(body.input), ((f"input.{i}", t) for i, t in enumerate(body.input)))
-    outs = await svc.run([WorkItem("embed", t) for t in body.input], _disconnect_watcher(request))
-    data = [Embedding(index=i, embedding=o.vector.tolist(), truncated=o.truncated) for i, o in enumerate(outs)]
+    texts = body.input
+    check_limits(svc.settings, "input", len(texts), ((f"input.{i}", t) for i, t in enumerate(texts)))
+    if body.dimensions is not None:
+        if svc.model is None:
+            raise NotReady()
+        if body.dimensions != (dims := svc.model.config.dim):
+            raise InvalidInput(f"this model's vectors have {dims} dimensions; omit dimensions or send {dims}",
+                               field="dimensions")
+    outs = await svc.run([WorkItem("embed", t) for t in texts], _disconnect_watcher(request))
+    data = [Embedding(index=i, embedding=_vector(o.vector, body.encoding_format), truncated=o.truncated)
+            for i, o in enumerate(outs)]
+    tokens = sum(o.tokens for o in outs)
     return EmbeddingsResponse(data=data, model=svc.model_name, dimensions=len(outs[0].vector),
-                              usage=Usage(total_tokens=sum(o.tokens for o in outs)))
+                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
 
 
 @router.get("/healthz", response_model=Status, summary="Liveness: the process answers")

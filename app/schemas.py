@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 
 def _not_blank(value: str) -> str:
@@ -86,31 +86,61 @@ class NliResponse(BaseModel):
         "truncated": False}], "model": "default"}]})
 
 
-# ---- /embeddings ------------------------------------------------------------------------------
+# ---- /v1/embeddings (OpenAI-compatible; /embeddings is an alias) --------------------------------
+def _one_or_more(value):
+    return [value] if isinstance(value, str) else value
+
+
+# A string or a non-empty list of strings, validated as the list (so a bad text is `input.<i>`).
+OneOrMoreTexts = Annotated[list[Text], Field(min_length=1), BeforeValidator(_one_or_more), WithJsonSchema({
+    "anyOf": [{"type": "string", "minLength": 1},
+              {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}]})]
+
+
 class EmbeddingsRequest(_Request):
-    input: list[Text] = Field(min_length=1, description="Texts to embed (at most max_pairs_per_request).",
-                              examples=[["A man is playing a guitar.", "A cat sleeps."]])
+    """The OpenAI embeddings request: ``input`` one text or a list of texts (token-id arrays are not
+    accepted), ``model`` and ``user`` accepted and ignored (one model is served), ``dimensions``
+    accepted only when it equals the model's, ``encoding_format`` float or base64."""
+
+    input: OneOrMoreTexts = Field(
+        description="A text, or a list of texts (at most max_pairs_per_request); a single text is input 0 "
+                    "(errors name it `input.0`).",
+        examples=[["A man is playing a guitar.", "A cat sleeps."]])
+    model: str | None = Field(None, description="Accepted for OpenAI clients and ignored: the response names the "
+                                                "model that is served.", examples=["default"])
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`float`: a list of numbers; `base64`: the little-endian float32 bytes, base64-encoded.")
+    dimensions: int | None = Field(None, ge=1, description="Must equal the model's vector length when given "
+                                                           "(vectors are not shortened).")
+    user: str | None = Field(None, description="Accepted for OpenAI clients and ignored.")
+
 
 
 class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
     index: int = Field(description="Position of the text in `input`.")
-    embedding: list[float] = Field(description="Sentence vector (mean pooled, not normalised), length `dimensions`.")
+    embedding: list[float] | str = Field(description="Sentence vector (mean pooled, not normalised), length "
+                                                     "`dimensions`; a base64 string of little-endian float32 "
+                                                     "with `encoding_format: base64`.")
     truncated: bool = Field(description="The text was cut to the token limit.")
 
 
 class Usage(BaseModel):
-    total_tokens: int = Field(description="Tokens encoded, special tokens included.")
+    prompt_tokens: int = Field(description="Tokens encoded, special tokens included.")
+    total_tokens: int = Field(description="Same as prompt_tokens (nothing is generated).")
 
 
 class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
     dimensions: int = Field(description="Length of each embedding.")
     usage: Usage
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "data": [{"index": 0, "embedding": [0.01, -0.2, 0.13], "truncated": False}],
-        "model": "default", "dimensions": 3, "usage": {"total_tokens": 9}}]})
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2, 0.13],
+                                    "truncated": False}],
+        "model": "default", "dimensions": 3, "usage": {"prompt_tokens": 9, "total_tokens": 9}}]})
 
 
 # ---- probes and info --------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Sources: ``model/checkpoints/default/report.json`` (float32), ``.../int8/report.
 ``pete-evaluate``; ``bench/results/nli_teacher/report.json`` (the NLI cross-encoder teacher,
 ``python -m model.nli_teacher evaluate``) fills the teacher column's NLI rows; every
 ``bench/results/nli_v2/<variant>/report.json`` (``pete-evaluate`` of an NLI head variant, described in
-``bench/results/nli_v2/variants.json``) is a row of the NLI variants table. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+``bench/results/nli_v2/variants.json``) is a row of the NLI variants table; ``deploy/image/report.json``
+(``make image``) gives the image size. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
 in README.md; ``tests/test_readme_results.py`` fails when a block and its reports disagree.
 """
 
@@ -27,6 +28,7 @@ REPORTS = {"fp32": CHECKPOINT / "report.json", "int8": CHECKPOINT / "int8" / "re
            "teacher": REPO_ROOT / "bench" / "results" / "teacher" / "report.json"}
 NLI_TEACHER_REPORT = REPO_ROOT / "bench" / "results" / "nli_teacher" / "report.json"
 NLI_VARIANTS = REPO_ROOT / "bench" / "results" / "nli_v2"
+IMAGE_REPORT = REPO_ROOT / "deploy" / "image" / "report.json"
 README = REPO_ROOT / "README.md"
 GENRES = ("captions", "news", "forums")
 
@@ -45,6 +47,7 @@ def load_reports() -> dict[str, dict]:
         reports["teacher"]["nli"] = nli_teacher["sets"]
         reports["teacher"]["nli_splits_trained_on"] = nli_teacher.get("trained_on", [])
     about = json.loads((NLI_VARIANTS / "variants.json").read_text()) if (NLI_VARIANTS / "variants.json").exists() else {}
+    reports["image"] = json.loads(IMAGE_REPORT.read_text())
     reports["nli_variants"] = {name: {"about": text, "report": json.loads((NLI_VARIANTS / name / "report.json").read_text())}
                                for name, text in about.items()}
     return reports
@@ -140,8 +143,16 @@ def nli_variants_block(reports: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def image_block(reports: dict[str, dict]) -> str:
+    """The container image's size and build time, as ``make image`` last measured them."""
+    r = reports["image"]
+    return (f"Measured by `make image` (`deploy/image/report.json`): **{r['size_bytes'] / 1e9:.2f} GB**, built with "
+            f"{r['engine_version']} in {r['build_seconds']} s (that build's wall time, cached layers included). Nearly all of it is the "
+            f"virtual environment, mostly torch.\n")
+
+
 BLOCKS: dict[str, Callable[[dict[str, dict]], str]] = {"results": results_block, "thresholds": thresholds_block,
-                                                        "nli_variants": nli_variants_block}
+                                                        "nli_variants": nli_variants_block, "image": image_block}
 
 
 def block_pattern(name: str) -> re.Pattern:

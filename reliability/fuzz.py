@@ -166,6 +166,7 @@ EDGE_TEXTS: dict[str, str] = {
 
 ROUTE_TEMPLATES = {
     "/embeddings": '{{"input": ["{t}"]}}',
+    "/v1/embeddings": '{{"input": "{t}"}}',
     "/similarity": '{{"pairs": [{{"text_a": "{t}", "text_b": "a dog runs"}}]}}',
     "/nli": '{{"pairs": [{{"premise": "{t}", "hypothesis": "a dog runs"}}]}}',
 }

@@ -51,6 +51,7 @@ SAMPLE_BODIES = {
     "/similarity": {"pairs": [{"text_a": "a man plays the guitar", "text_b": "a man plays music"}]},
     "/nli": {"pairs": [{"premise": "a dog runs in the park", "hypothesis": "a dog sleeps"}]},
     "/embeddings": {"input": ["a cat sits on the mat"]},
+    "/v1/embeddings": {"input": "a cat sits on the mat", "model": "default"},
 }
 
 # pip-audit findings accepted for now: {vulnerability id: why}. Keep in step with REPORT.md.

@@ -4,6 +4,7 @@ built here. Slowness, blocking and failures are injected through ``create_app(be
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import threading
@@ -12,11 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
+from app.schemas import ErrorResponse
 from app.settings import Settings
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
@@ -158,6 +161,39 @@ async def test_endpoints_answer_and_match_the_model(checkpoint):
 
         spec = (await client.get("/openapi.json")).json()
         assert spec["components"]["schemas"]["SimilarityRequest"]["examples"]
+
+
+@pytest.mark.anyio
+async def test_v1_embeddings_takes_the_openai_request_shape(checkpoint):
+    model = SentenceEncoder.from_pretrained(checkpoint)
+    async with serve(settings(checkpoint)) as (app, client):
+        r = await client.post("/v1/embeddings", json={"input": "a cat", "model": "text-embedding-3-small",
+                                                      "user": "u1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "list" and body["model"] == "tiny" and len(body["data"]) == 1
+        item = body["data"][0]
+        assert item["object"] == "embedding" and item["index"] == 0 and len(item["embedding"]) == 32
+        assert body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+        assert max(abs(a - b) for a, b in zip(item["embedding"], model.encode(["a cat"])[0].tolist())) < 1e-5
+
+        r = await client.post("/v1/embeddings", json={"input": ["a cat", "the dog runs"], "encoding_format": "base64"})
+        assert r.status_code == 200, r.text
+        decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]]
+        alias = (await client.post("/embeddings", json={"input": ["a cat", "the dog runs"]})).json()
+        assert all(np.array_equal(v, np.asarray(d["embedding"], dtype=np.float32))
+                   for v, d in zip(decoded, alias["data"]))  # same float32 vector, two encodings
+        assert (await client.post("/v1/embeddings", json={"input": "a cat", "dimensions": 32})).status_code == 200
+
+        for payload, field in (({"input": "a cat", "dimensions": 16}, "dimensions"),
+                               ({"input": "a cat", "encoding_format": "int8"}, "encoding_format"),
+                               ({"input": ""}, "input"), ({"input": []}, "input"),
+                               ({"input": [1, 2, 3]}, "input"), ({"input": "a", "temperature": 1}, "temperature")):
+            r = await client.post("/v1/embeddings", json=payload)
+            assert r.status_code == 422 and field in " ".join(fields(r)), (payload, r.text)
+        r = await client.post("/v1/embeddings", json={"input": ["a"] * 9})
+        assert r.status_code == 413 and fields(r) == ["input"]
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/v1/embeddings", status="200") == 3
 
 
 @pytest.mark.anyio
@@ -353,12 +389,69 @@ async def test_failed_batch_is_generic_500_and_next_batch_succeeds(checkpoint):
         gate.fail_next = True
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 500
-        assert r.json() == {"error": "internal_error", "message": "internal server error"}
+        assert r.json() == {"error": "internal_error", "message": "internal server error", "detail": None}
         assert "Traceback" not in r.text and ".py" not in r.text and "injected" not in r.text
         assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
         assert sample(app, "pete_batch_failures_total") == 1
         r = await client.get("/nope")
         assert r.status_code == 404 and r.json()["error"] == "http_404"
+
+
+def assert_one_error_shape(r: httpx.Response) -> str:
+    """Every error body: exactly error, message, detail, valid against ErrorResponse, rendered the one
+    way (JSONResponse's compact separators). Returns the error code."""
+    body = r.json()
+    assert r.headers["content-type"] == "application/json", r.headers
+    assert set(body) == {"error", "message", "detail"}, body
+    ErrorResponse.model_validate(body)
+    assert r.content == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), r.content
+    return body["error"]
+
+
+@pytest.mark.anyio
+async def test_every_error_status_has_one_shape(checkpoint):
+    """400 (two kinds), 401, 404, 405, 413 (two kinds), 422, 429 (two kinds), 500, 503 (two kinds), 504."""
+    seen: list[tuple[int, str, httpx.Response]] = []
+
+    def keep(r: httpx.Response) -> None:
+        seen.append((r.status_code, assert_one_error_shape(r), r))
+
+    async with serve(settings(checkpoint), lifespan=False) as (app, client):
+        keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 503 not_ready
+    gate = Gate()
+    async with serve(settings(checkpoint, api_key="k", max_body_bytes=2000, request_timeout_s=0.2), gate) as (app, c):
+        key = {"X-API-Key": "k"}
+        keep(await c.post("/similarity", json={"pairs": [PAIR]}))  # 401
+        keep(await c.post("/similarity", content=b"{}", headers={**key, "content-length": "x"}))  # 400, middleware
+        keep(await c.post("/similarity", content=b'{"pairs": [{"text_a": "\xff", "text_b": "b"}]}',
+                          headers={**key, "content-type": "application/json"}))  # 400, not UTF-8
+        keep(await c.get("/nope"))  # 404
+        keep(await c.get("/similarity"))  # 405
+        keep(await c.post("/similarity", json={"pairs": [PAIR] * 9}, headers=key))  # 413 too_many_items
+        keep(await c.post("/similarity", content=b"x" * 3000, headers=key))  # 413 body_too_large (middleware)
+        keep(await c.post("/similarity", json={"pairs": []}, headers=key))  # 422
+        gate.fail_next = True
+        keep(await c.post("/similarity", json={"pairs": [PAIR]}, headers=key))  # 500
+        gate.sleep_s = 0.5
+        keep(await c.post("/similarity", json={"pairs": [PAIR]}, headers=key))  # 504
+        gate.sleep_s = 0.0
+    async with busy_service(checkpoint) as (app, client, gate, first):
+        queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
+        await wait_until(lambda: app.state.service.batcher.depth == 4)
+        keep(await client.post("/embeddings", json={"input": ["c"]}))  # 429 from the batcher
+        keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 429 shed by the middleware
+        stopping = asyncio.create_task(app.state.service.stop())
+        await asyncio.sleep(0.01)
+        gate.release.set()
+        await asyncio.gather(first, *queued, stopping)
+        keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 503 shutting_down
+    assert [(status, code) for status, code, _ in seen] == [
+        (503, "not_ready"), (401, "unauthorized"), (400, "bad_request"), (400, "http_400"), (404, "http_404"),
+        (405, "http_405"), (413, "too_many_items"), (413, "body_too_large"), (422, "invalid_request"),
+        (500, "internal_error"), (504, "timeout"), (429, "overloaded"), (429, "overloaded"), (503, "shutting_down")]
+    assert seen[-3][2].content == seen[-2][2].content  # the batcher's and the middleware's 429: one body
+    assert [d["field"] for d in seen[6][2].json()["detail"]] == ["pairs"]
+    assert all(r.json()["detail"] is None for _, code, r in seen if code not in ("too_many_items", "invalid_request"))
 
 
 @pytest.mark.anyio
@@ -455,5 +548,5 @@ async def test_unexpected_exception_is_generic_500(checkpoint):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.post("/embeddings", json={"input": ["a cat"]})
         assert r.status_code == 500
-        assert r.json() == {"error": "internal_error", "message": "internal server error"}
+        assert r.json() == {"error": "internal_error", "message": "internal server error", "detail": None}
         assert "secret" not in r.text and ".py" not in r.text

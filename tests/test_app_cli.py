@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from app.cli import OPTIONS, apply_options, build_parser
 from bench.common import free_port
+from conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PETE_SERVE = Path(sys.executable).parent / "pete-serve"
@@ -65,15 +65,7 @@ def test_pete_serve_starts_on_the_given_port_and_stops_cleanly_on_sigterm():
                             env={**os.environ, "PETE_PORT": "1", "PETE_LOG_LEVEL": "warning"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
         r = httpx.post(f"http://127.0.0.1:{port}/nli", timeout=10,
                        json={"pairs": [{"premise": "A man is sleeping.", "hypothesis": "A man is awake."}]})
         assert r.status_code == 200 and r.json()["results"][0]["label"] == "contradiction"

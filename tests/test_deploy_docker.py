@@ -58,7 +58,10 @@ def test_builder_installs_torch_cpu_then_the_lock_then_the_project(parsed):
     copies = _values(builder, "COPY")
     assert "python -m venv /opt/venv" in runs
     assert "requirements.lock ./" in copies
-    assert re.search(r"--index-url https://download\.pytorch\.org/whl/cpu\s+\"?torch==2\.13\.0\"?", runs)
+    # torch's source is a build argument, the PyTorch CPU index by default
+    args = {i["value"].split("=", 1)[0]: i["value"].partition("=")[2] for i in builder if i["instruction"] == "ARG"}
+    assert args["TORCH_PIP_ARGS"].strip('"') == "--index-url https://download.pytorch.org/whl/cpu"
+    assert re.search(r"\$TORCH_PIP_ARGS\s+\"?torch==2\.13\.0\"?", runs)
     assert "pip install --no-cache-dir -r requirements.lock" in runs
     assert "pip install --no-cache-dir --no-deps ." in runs
     i_torch, i_lock, i_proj = (runs.index(s) for s in ("torch==2.13.0", "-r requirements.lock", "--no-deps ."))

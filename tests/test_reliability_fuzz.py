@@ -36,13 +36,13 @@ def test_schemathesis_open_app_no_5xx_and_schema_conformance(tiny, schemathesis)
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(make_settings(tiny)))
     r = fuzz_schema(schema, cases_per_op=25, derandomize=True)
-    assert r["cases"] >= 150, r["by_operation"]
+    assert r["cases"] >= 175, r["by_operation"]
     assert r["server_errors"] == 0 and r["failure_count"] == 0, r["failures"]
     assert not r["leaks"], r["leaks"]
     ops = {k.rsplit(" ", 1)[0] for k in r["by_operation"]}
-    assert ops == {"POST /similarity", "POST /nli", "POST /embeddings", "GET /healthz", "GET /readyz", "GET /info",
-                   "GET /metrics"}
-    for op in ("POST /similarity", "POST /nli", "POST /embeddings"):
+    assert ops == {"POST /similarity", "POST /nli", "POST /v1/embeddings", "POST /embeddings", "GET /healthz",
+                   "GET /readyz", "GET /info", "GET /metrics"}
+    for op in ("POST /similarity", "POST /nli", "POST /v1/embeddings", "POST /embeddings"):
         assert "200" in r["by_operation"][f"{op} positive"] and "422" in r["by_operation"][f"{op} negative"]
 
 
@@ -84,14 +84,15 @@ async def test_unicode_edge_cases_default_limits(tiny):
         assert (await client.get("/healthz")).status_code == 200
         spec = (await client.get("/openapi.json")).json()
     # every status a POST route answers here is documented (400: a body that is not even decodable)
-    for path in ("/similarity", "/nli", "/embeddings"):
+    for path in ("/similarity", "/nli", "/embeddings", "/v1/embeddings"):
         documented = set(spec["paths"][path]["post"]["responses"])
         seen = {str(r["status"]) for r in rows if r["case"].endswith(f" {path}")}
         seen |= {str(r["status"]) for r in rows if " " not in r["case"]}
         assert seen <= documented, (path, seen - documented)
     bad = [r for r in rows if not r["ok"]]
     assert not bad, bad
-    for route, field in (("/embeddings", "input.0"), ("/similarity", "pairs.0.text_a"), ("/nli", "pairs.0.premise")):
+    for route, field in (("/embeddings", "input.0"), ("/v1/embeddings", "input.0"), ("/similarity", "pairs.0.text_a"),
+                         ("/nli", "pairs.0.premise")):
         for case in ("lone_high_surrogate", "lone_low_surrogate", "reversed_surrogates", "high_surrogate_at_end",
                      "one_1MB_token", "newlines_10000", "text_newlines_10000"):
             r = _row(rows, f"{case} {route}")
@@ -115,7 +116,7 @@ async def test_unicode_edge_cases_raised_limits_reach_the_model(tiny):
         assert r.json()["usage"]["total_tokens"] == 3 + 4  # the 1 MB token is one [UNK]
     bad = [r for r in rows if not r["ok"]]
     assert not bad, bad
-    for route in ("/embeddings", "/similarity", "/nli"):
+    for route in ("/embeddings", "/v1/embeddings", "/similarity", "/nli"):
         assert _row(rows, f"one_1MB_token {route}")["status"] == 200
         assert _row(rows, f"text_newlines_10000 {route}")["status"] == 200
         assert _row(rows, f"newlines_10000 {route}")["status"] == 422  # blank

@@ -45,7 +45,7 @@ async def test_every_post_route_answers_401_without_the_key_and_never_reaches_th
                 r = await client.post(path, json=SAMPLE_BODIES[path], headers=headers)
                 assert r.status_code == 401, (path, name, r.status_code)
                 assert r.headers["www-authenticate"] == "Bearer"
-                assert r.json() == {"error": "unauthorized", "message": "missing or invalid API key"}
+                assert r.json() == {"error": "unauthorized", "message": "missing or invalid API key", "detail": None}
                 assert KEY not in r.text
                 refused += 1
             r = await client.post(f"{path}?api_key={KEY}", json=SAMPLE_BODIES[path])

@@ -1,0 +1,40 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_CHECKPOINT = ROOT / "model" / "checkpoints" / "default"
+
+
+@pytest.fixture(scope="session")
+def bundled_server():
+    """The bundled checkpoint served with the default settings (int8) by the real service process on
+    127.0.0.1 at a free port; yields its base URL. One server for the whole session."""
+    if not (BUNDLED_CHECKPOINT / "model.safetensors").is_file():
+        pytest.skip("no bundled checkpoint")
+    from reliability.common import ServerProcess
+
+    with ServerProcess(BUNDLED_CHECKPOINT) as server:
+        yield f"http://127.0.0.1:{server.port}"
+
+
+def wait_ready(base_url: str, alive: Callable[[], bool] = lambda: True, timeout_s: float = 90.0,
+               why: Callable[[], str] = lambda: "") -> None:
+    """Poll ``base_url``/readyz until it answers 200; fail when ``alive()`` turns false or after
+    ``timeout_s`` seconds (the message ends with ``why()``, e.g. the server's log)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert alive() and time.monotonic() < deadline, f"server at {base_url} did not become ready {why()}"
+        time.sleep(0.3)

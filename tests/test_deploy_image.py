@@ -1,0 +1,89 @@
+"""The container image really built and run (``make image``: deploy/image/build.sh, docker when its
+daemon answers, else podman prepared by deploy/image/prepare.sh): started on 127.0.0.1, ready, the
+same /similarity and /nli answers as the service on the host, a non-root uid, a working
+healthcheck, a clean stop. Skips with a reason where no engine can be had (not root with apt-get);
+``PETE_REQUIRE_DEPLOY_TOOLS=1`` (CI) turns the skip into a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.common import free_port
+from conftest import wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRE_TOOLS = os.environ.get("PETE_REQUIRE_DEPLOY_TOOLS") == "1"
+TAG = "pete-serve:test"
+SIM = {"pairs": [{"text_a": "A man is playing a guitar.", "text_b": "Someone plays an instrument."},
+                 {"text_a": "A cat sleeps.", "text_b": "The stock market fell sharply today."}]}
+NLI = {"pairs": [{"premise": "A man is playing a guitar on stage.", "hypothesis": "The man is sleeping at home."}]}
+
+
+def sh(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    assert not check or r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+    return r
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    """Build the image with the project's script (layers cached between runs); the engine used."""
+    r = subprocess.run(["bash", "deploy/image/build.sh", TAG], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if r.returncode == 3 or "prepare.sh:" in r.stderr and r.returncode != 0:
+        reason = f"no container engine here: {r.stderr.strip().splitlines()[-1]}"
+        if REQUIRE_TOOLS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout.strip().splitlines()[-1].split(" with ")[1].split()[0]
+
+
+def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_server):
+    port = free_port()
+    name = f"pete-serve-test-{port}"
+    sh(engine, "run", "-d", "--name", name, "--network", "host", "-e", "PETE_HOST=127.0.0.1",
+       "-e", f"PETE_PORT={port}", TAG)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, why=lambda: sh(engine, "logs", name, check=False).stderr[-2000:])
+        for path, body in (("/similarity", SIM), ("/nli", NLI)):
+            got = httpx.post(f"{url}{path}", json=body, timeout=30).json()
+            want = httpx.post(f"{bundled_server}{path}", json=body, timeout=30).json()
+            assert json.dumps(got) == json.dumps(want) or _close(got, want), (path, got, want)
+        assert sh(engine, "exec", name, "id", "-u").stdout.strip() == "10001"
+        health = json.loads(sh(engine, "inspect", "--format", "{{json .Config.Healthcheck}}", name).stdout)
+        assert health and "/healthz" in " ".join(health["Test"]), health  # kept: built in the docker format
+        assert sh(engine, "exec", name, *health["Test"][1:]).returncode == 0  # the probe itself passes
+        if engine == "podman":
+            assert sh(engine, "healthcheck", "run", name).returncode == 0
+        start = time.monotonic()
+        sh(engine, "stop", "--time", "30", name)
+        stopped_s = time.monotonic() - start
+        state = json.loads(sh(engine, "inspect", "--format", "{{json .State}}", name).stdout)
+        assert state["ExitCode"] == 0 and stopped_s < 15, (state, stopped_s)
+        logs = sh(engine, "logs", name).stdout + sh(engine, "logs", name).stderr
+        assert "Application shutdown complete" in logs
+    finally:
+        sh(engine, "rm", "-f", name, check=False)
+
+
+def _close(a, b, tol: float = 1e-6) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= tol
+    return a == b
+
+
+def test_image_report_is_what_make_image_measured():
+    report = json.loads((ROOT / "deploy" / "image" / "report.json").read_text())
+    assert report["engine"] in ("docker", "podman") and report["size_bytes"] > 100_000_000
