@@ -70,9 +70,14 @@ if [ "$engine" = podman ] && [ -n "$cert" ] && [ -f "$cert" ]; then
   args+=(--volume "$cert:/run/pete-build-ca.crt:ro" --build-arg PIP_CERT=/run/pete-build-ca.crt)
 fi
 
+old="$("$engine" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
 start=$(date +%s)
 echo "$engine ${args[*]} ."
 "$engine" "${args[@]}" .
+new="$("$engine" image inspect --format '{{.Id}}' "$tag")"
+if [ -n "$old" ] && [ "$old" != "$new" ]; then  # the tag's previous image, now untagged: drop it
+  "$engine" rmi "$old" >/dev/null 2>&1 || true
+fi
 seconds=$(( $(date +%s) - start ))
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
 echo "built $tag with $engine in ${seconds}s: $(( size / 1000000 )) MB"
