@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimitMiddleware, LoadSheddingMiddleware, RequestMetricsMiddleware
-from app.routes import ENDPOINTS, MIN_QUEUE_ITEMS, router
+from app.routes import MIN_QUEUE_ITEMS, route_paths, router
 from app.service import BatchHook, Service
 from app.settings import Settings
 
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
     app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
                        min_items=MIN_QUEUE_ITEMS,
                        on_reject=lambda: metrics.rejected.labels(reason="queue_full").inc())
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=route_paths())
     return app
 
 

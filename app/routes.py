@@ -12,6 +12,7 @@ import base64
 import numpy as np
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
 from app.auth import require_api_key
@@ -27,7 +28,6 @@ from model.encoder import NLI_LABELS
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
 
-ENDPOINTS = ("/similarity", "/nli", "/v1/embeddings", "/embeddings", "/healthz", "/readyz", "/info", "/metrics")
 # Fewest queue items one request to each POST endpoint enqueues (the work items built below: a
 # /similarity pair is two texts to embed, an NLI pair or an /embeddings input one item), for
 # shedding load before parsing (app.middleware.LoadSheddingMiddleware).
@@ -141,3 +141,15 @@ async def metrics(request: Request) -> Response:
 
 
 router.include_router(protected)
+
+
+def route_paths(method: str | None = None) -> tuple[str, ...]:
+    """The paths ``router`` serves, its included ``protected`` routes first (those answering ``method``
+    when given):
+    the one route table (metrics label requests by these paths, everything else is "other")."""
+    routes = [r for group in (protected, router) for r in group.routes if isinstance(r, APIRoute)]
+    return tuple(r.path for r in routes if method is None or method in r.methods)
+
+
+if set(MIN_QUEUE_ITEMS) != set(route_paths("POST")):  # a new POST route must say what it enqueues
+    raise RuntimeError(f"MIN_QUEUE_ITEMS {sorted(MIN_QUEUE_ITEMS)} != POST routes {sorted(route_paths('POST'))}")

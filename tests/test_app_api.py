@@ -196,6 +196,14 @@ async def test_v1_embeddings_takes_the_openai_request_shape(checkpoint):
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/v1/embeddings", status="200") == 3
 
 
+def test_the_route_table_is_read_from_the_router(checkpoint):
+    from app import routes
+
+    app = create_app(settings(checkpoint))
+    assert set(routes.route_paths()) == set(app.openapi()["paths"])  # every served route, labelled by its path
+    assert set(routes.MIN_QUEUE_ITEMS) == set(routes.route_paths("POST"))  # checked at import too
+
+
 @pytest.mark.anyio
 async def test_int8_service_stays_close_to_the_float32_model(checkpoint):
     model = SentenceEncoder.from_pretrained(checkpoint)
