@@ -159,8 +159,8 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, tuple[np.ndarray, np.ndarr
         report["nli"] = {split: nli_accuracy(model, rows) for split, rows in nli.items()}
 
     report["parameters"] = model.parameter_counts()
-    report["nli_head"] = model.config.nli_head
     if ckpt is not None:
+        report["nli_head"] = model.config.nli_head
         report["parameters"]["non_embedding"] = report["parameters"]["total"] - report["parameters"]["embedding"]
         report["bytes"] = {"checkpoint_dir": dir_bytes(ckpt), "model_safetensors": (ckpt / "model.safetensors").stat().st_size}
 

@@ -41,3 +41,10 @@ def test_nli_variants_and_the_nli_teacher_come_from_their_reports():
     changed["teacher"]["nli"]["mnli_dev_matched"]["accuracy"] = 98.7654
     new = readme_results.render_readme(text, changed)
     assert "| 12.35 % |" in new and "98.77 %" in new
+
+
+def test_recipe_probe_table_is_what_the_probe_folders_give():
+    from bench import recipe_probes
+
+    assert recipe_probes.main(["--check"]) == 0, "run .venv/bin/python -m bench.recipe_probes"
+    assert "| `near_pairs_32_w1` | distill 750 | 82.02 |" in recipe_probes.table()
