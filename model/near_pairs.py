@@ -8,10 +8,12 @@ closer paraphrase. Near pairs fill that range. Two sources, both given as row pa
 - human-made pairs of the training splits: STS-B train and MRPC train (news and forum sentence
   pairs; only their texts are used, the gold scores are not);
 - teacher neighbours: each row of a random pool with its ``k`` nearest other pool rows by teacher
-  cosine (exact and near duplicates above ``max_cos`` skipped).
+  cosine (exact and near duplicates above ``max_cos`` skipped). The pool is drawn from every usable
+  row, or only from the sentences of chosen ``text/`` files (``sources``, e.g. news and forum: the
+  genres the student trails the teacher most on).
 
-The pairs are computed once per (pool, k, seed) and saved beside the cache
-(``near_pairs_<pool>_<k>_<seed>.npy``), so a resumed run reads them back.
+The pairs are computed once per (pool, k, seed, sources) and saved beside the cache
+(``near_pairs_<pool>_<k>_<seed>[_<sources>].npy``), so a resumed run reads them back.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.data import DataPaths, read_mrpc, read_sts
+from model.data import DataPaths, iter_text_sentences, read_mrpc, read_sts
 
 log = logging.getLogger("pete.train")
 
@@ -66,8 +68,23 @@ def dataset_pairs(paths: DataPaths, row_of: dict[str, int]) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def source_rows(paths: DataPaths, row_of: dict[str, int], sources: list[str]) -> np.ndarray:
+    """Cache rows of the sentences of ``text/<source>.tsv.gz`` for each of ``sources``.
+
+    Raises:
+        FileNotFoundError: a source has no file in ``text/``.
+    """
+    rows = set()
+    for name in sources:
+        f = paths.text_dir / f"{name}.tsv.gz"
+        if not f.is_file():
+            raise FileNotFoundError(f"no text source {f}; available: {sorted(p.name for p in paths.text_dir.glob('*.tsv.gz'))}")
+        rows.update(row_of[t] for t in (s.strip() for s in iter_text_sentences(f)) if t in row_of)
+    return np.asarray(sorted(rows), dtype=np.int64)
+
+
 def near_pairs(cache_dir: str | Path, emb: np.ndarray, texts: list[str], paths: DataPaths, n: int,
-               pool: int = 150_000, k: int = 2, seed: int = 0) -> np.ndarray:
+               pool: int = 150_000, k: int = 2, seed: int = 0, sources: list[str] | None = None) -> np.ndarray:
     """The near pairs among the first ``n`` cache rows, read from or written to ``cache_dir``.
 
     Args:
@@ -75,21 +92,24 @@ def near_pairs(cache_dir: str | Path, emb: np.ndarray, texts: list[str], paths: 
         emb: (rows, D) teacher embeddings; texts: the cached texts in row order.
         paths: where STS-B train and MRPC train are.
         n: rows usable (finished); pool: rows searched for neighbours; k: neighbours per pool row.
+        sources: draw the pool from these ``text/`` files only (default: every usable row).
     Returns:
         (m, 2) int64 row pairs, both rows < n.
     """
-    f = Path(cache_dir) / f"near_pairs_{pool}_{k}_{seed}.npy"
+    tag = "_" + "+".join(sorted(sources)) if sources else ""
+    f = Path(cache_dir) / f"near_pairs_{pool}_{k}_{seed}{tag}.npy"
     if f.exists():
         pairs = np.load(f)
     else:
         rng = np.random.default_rng(seed)
-        rows = rng.choice(n, size=min(pool, n), replace=False)
-        mined = mine_neighbours(emb, rows, k=k)
         row_of = {t: i for i, t in enumerate(texts[:n])}
+        candidates = source_rows(paths, row_of, sources) if sources else np.arange(n)
+        rows = rng.choice(candidates, size=min(pool, len(candidates)), replace=False)
+        mined = mine_neighbours(emb, rows, k=k)
         human = dataset_pairs(paths, row_of)
         pairs = np.concatenate((human, mined))
-        log.info("near pairs: %d from STS-B/MRPC train, %d teacher neighbours (pool %d, k %d)",
-                 len(human), len(mined), len(rows), k)
+        log.info("near pairs: %d from STS-B/MRPC train, %d teacher neighbours (pool %d from %s, k %d)",
+                 len(human), len(mined), len(rows), ", ".join(sources or ["every row"]), k)
         tmp = f.with_suffix(".tmp.npy")
         np.save(tmp, pairs)
         os.replace(tmp, f)

@@ -86,6 +86,8 @@ class TrainConfig:
                                  "added to each distillation batch")
     pair_weight: float = _opt(1.0, "weight of the MSE between student and teacher cosines of the near pairs")
     pair_pool: int = _opt(150_000, "cached rows searched for teacher neighbours (near pairs)")
+    pair_sources: list = _opt((), "draw the near-pair pool from this text/ file only (e.g. news, forum); "
+                                  "repeatable; default: every cached row", action="append")
     infonce_weight: float = _opt(0.0, "weight of caption/triplet InfoNCE inside the distill stage")
     sts_batch: int = _opt(32, "STS-B train pairs per CoSENT batch")
     nli_batch: int = _opt(64, "NLI pairs per batch of the nli stage")
@@ -116,6 +118,7 @@ class TrainConfig:
             self.stages = parse_stages(self.stages)
         self.nli_file = list(self.nli_file or [])
         self.nli_pseudo = list(self.nli_pseudo or [])
+        self.pair_sources = list(self.pair_sources or [])
         if self.nli_teacher is None:
             from model.teacher import NLI_TEACHER_DIR
 
@@ -145,7 +148,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
-            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo") else []
+            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo", "pair_sources") else []
         if "action" in meta:
             kwargs["action"] = meta.pop("action")
         if "action" not in kwargs:

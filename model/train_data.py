@@ -176,7 +176,7 @@ class TeacherTargets:
     def pairs(self) -> np.ndarray:
         """(m, 2) int64 near pairs among the usable rows (``model.near_pairs``), computed on first use."""
         return near_pairs(self.cache.dir, self.embeddings, self._texts, DataPaths(self.cfg.data_dir), self.n,
-                          pool=self.cfg.pair_pool, seed=self.cfg.seed)
+                          pool=self.cfg.pair_pool, seed=self.cfg.seed, sources=self.cfg.pair_sources)
 
     def sample_pairs(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` near pairs: (first sides then second sides, 2k texts; (2k, 384) float32 embeddings)."""

@@ -423,6 +423,17 @@ def test_near_pairs_are_teacher_neighbours_plus_the_training_splits_pairs(tmp_pa
     assert np.array_equal(near_pairs(tmp_path, emb * 0, texts, DataPaths(root), n=len(texts), pool=20, k=1), first)
     assert (near_pairs(tmp_path, emb, texts, DataPaths(root), n=10, pool=20, k=1) < 10).all()  # finished rows
 
+    # a pool drawn from chosen text/ files only: every mined pair lies inside that file's rows
+    news = GROUPS[0] + GROUPS[1]
+    gz(root / "text" / "news.tsv.gz", "source\tsentence\n" + "".join(f"bbc\t{t}\n" for t in news))
+    in_news = {row_of[t] for t in news}
+    (tmp_path / "src").mkdir()
+    pairs = near_pairs(tmp_path / "src", emb, texts, DataPaths(root), n=len(texts), pool=20, k=1, sources=["news"])
+    mined = {tuple(p) for p in pairs.tolist()} - {tuple(p) for p in human.tolist()}
+    assert mined and all(a in in_news and b in in_news for a, b in mined)
+    with pytest.raises(FileNotFoundError, match="no text source"):
+        near_pairs(tmp_path / "src", emb, texts, DataPaths(root), n=len(texts), pool=20, k=1, sources=["nope"])
+
 
 def test_distillation_with_near_pairs_adds_the_pair_loss(data_dir, teacher_cache, tmp_path):
     run_train(data_dir, tmp_path / "run", "--stages", "distill:3", "--teacher-cache", str(teacher_cache),
