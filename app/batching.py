@@ -2,8 +2,11 @@
 
 Requests turn their inputs into ``WorkItem``s (one per text to embed or per NLI pair) and call
 ``MicroBatcher.submit``; each item carries an asyncio future. One worker task takes items off a
-bounded queue, forms a batch (up to ``max_batch_size`` items, waiting at most ``max_wait_s`` after
-the first), drops items whose future is already done (request cancelled, client gone, timed out),
+bounded queue, forms a batch (up to ``max_batch_size`` items: what is queued when the model is free,
+so with ``max_wait_s`` 0 a lone request runs at once and work that arrives during a forward pass
+forms the next batch, continuous batching as text-embeddings-inference does it; a positive
+``max_wait_s`` waits that long after the first item for more), drops items whose future is already
+done (request cancelled, client gone, timed out),
 runs ``compute(batch)`` on a single dedicated thread so the event loop stays responsive, and
 resolves each future with its output. An exception inside ``compute`` fails only that batch's
 futures (``BatchFailed``); the worker goes on with the next batch.
@@ -77,7 +80,8 @@ class MicroBatcher:
         compute: ``compute(items) -> outputs``, one output per item in the same order; runs on the
             inference thread; may raise (fails that batch only).
         max_batch_size: most items per batch (>= 1).
-        max_wait_s: seconds to wait for more items after a batch's first item (>= 0).
+        max_wait_s: seconds an idle model waits for more items after a batch's first item (>= 0;
+            0: run what is queued at once).
         capacity: most items waiting in the queue (>= 1).
         metrics: where to record queue wait, inference duration, queue depth, dropped items.
     """

@@ -52,8 +52,11 @@ class Settings(BaseSettings):
                                 "activation memory of a pass (8192 raised the service's peak RSS by ~70 MB); "
                                 "32 sentences of typical length fit in one pass.")
     max_wait_ms: float = Field(
-        5.0, ge=0, description="Longest time, in milliseconds, the batcher waits for more work after the "
-                               "first item of a batch arrives.")
+        0.0, ge=0, description="0 (default): continuous batching: when the model is free the batcher takes "
+                               "what is queued (up to the batch limits) and runs it at once, and work arriving "
+                               "during a forward pass gathers in the queue for the next one. A positive value "
+                               "makes an idle model wait up to this many milliseconds for more work after a "
+                               "batch's first item (bigger batches at low load, for that much latency).")
     queue_capacity: int = Field(
         512, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
                                 "pair or an embedding input 1); a request that does not fit gets 429.")

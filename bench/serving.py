@@ -22,6 +22,8 @@ Scenarios (``--scenarios``):
 - ``pete``              the PETE checkpoint (``--model``, default model/checkpoints/default) with the
                         service's defaults: micro-batching on, int8 linear layers (PETE_QUANTIZE=int8),
                         the PETE embedding computed per batch;
+- ``pete_wait5ms``      the same, but an idle model waits 5 ms for more work (PETE_MAX_WAIT_MS=5, the
+                        default before continuous batching);
 - ``pete_nobatch``      the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
 - ``minilm``            all-MiniLM-L6-v2 behind the same service, batcher, routes and defaults (its BERT
                         linear layers int8 too): the app has no sentence-transformers backend, so
@@ -68,7 +70,7 @@ from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, fre
 
 HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
 JSON_HEADERS = {"content-type": "application/json"}
-ALL_SCENARIOS = ("pete", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
+ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
@@ -94,6 +96,9 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_
         if name == "pete":
             out.append(Scenario(name, "PETE, service defaults (batching on, int8, table computed per batch)",
                                 "app.main:create_app", dict(base)))
+        elif name == "pete_wait5ms":
+            out.append(Scenario(name, "PETE, an idle model waits 5 ms for more work (the default before continuous "
+                                      "batching)", "app.main:create_app", {**base, "PETE_MAX_WAIT_MS": "5"}))
         elif name == "pete_nobatch":
             out.append(Scenario(name, "PETE, batching off (max batch 1)", "app.main:create_app",
                                 {**base, "PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}))

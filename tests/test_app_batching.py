@@ -128,6 +128,35 @@ async def test_full_queue_raises_overloaded_all_or_none():
 
 
 @pytest.mark.anyio
+async def test_continuous_batching_runs_a_lone_item_at_once_and_batches_what_arrives_meanwhile():
+    """max_wait 0 (the default): a request on an idle model runs without waiting for company, even
+    with a large wait budget elsewhere; work arriving during that forward pass forms the next batch."""
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=16, max_wait_s=0.0, capacity=64)
+    b.start()
+    rec.release.clear()
+    first = asyncio.create_task(b.submit(embed_items("a")))
+    assert await asyncio.to_thread(rec.entered.wait, 2)  # computing "a" alone, nothing else was queued
+    later = [asyncio.create_task(b.submit(embed_items(t))) for t in ("b", "c", "d")]
+    await wait_until(lambda: b.depth == 3)
+    rec.release.set()
+    assert await first == ["A"] and [await t for t in later] == [["B"], ["C"], ["D"]]
+    await b.stop()
+    assert rec.batches == [["a"], ["b", "c", "d"]]
+
+    waiting = Recorder()  # a positive max_wait: the idle model waits for the next items
+    b = MicroBatcher(waiting, max_batch_size=16, max_wait_s=0.5, capacity=64)
+    b.start()
+    first = asyncio.create_task(b.submit(embed_items("a")))
+    await asyncio.sleep(0.05)
+    assert waiting.batches == []  # still gathering
+    await b.submit(embed_items("b"))
+    await first
+    await b.stop()
+    assert waiting.batches == [["a", "b"]]
+
+
+@pytest.mark.anyio
 async def test_deadline_exceeded_then_recovers():
     def slow(items):
         if items[0].text == "slow":
