@@ -4,7 +4,7 @@
 #
 #   make image                     (docker when its daemon answers, else podman/buildah: deploy/image/build.sh)
 #   docker build -t pete-serve:0.1.0 .
-#   docker run --rm -p 8000:8000 -e PETE_WORKERS=1 -e PETE_TORCH_THREADS=2 pete-serve:0.1.0
+#   docker run --rm -p 8000:8000 -e PETE_WORKERS=2 -e PETE_TORCH_THREADS=1 pete-serve:0.1.0
 #
 # Build arguments: TORCH_PIP_ARGS says where pip finds torch 2.13.0's CPU build (default: the
 # PyTorch CPU index; deploy/image/build.sh passes a local wheel where that index is unreachable);
@@ -61,8 +61,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PETE_MODEL_PATH=/opt/venv/lib/python3.11/site-packages/model/checkpoints/default \
     PETE_HOST=0.0.0.0 \
     PETE_PORT=8000 \
-    PETE_WORKERS=1 \
-    PETE_TORCH_THREADS=2
+    PETE_WORKERS=2 \
+    PETE_TORCH_THREADS=1 \
+    PETE_SHUTDOWN_TIMEOUT_S=20
 
 WORKDIR /home/pete
 USER 10001:10001
@@ -73,7 +74,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PETE_PORT', '8000') + '/healthz', timeout=4)"]
 
-# Exec form through sh so the env settings expand and uvicorn becomes PID 1 (gets SIGTERM).
-# PETE_WORKERS uvicorn processes, each limited to PETE_TORCH_THREADS intra-op threads
-# (the app applies PETE_TORCH_THREADS; OMP/MKL get the same value so BLAS pools agree).
-CMD ["sh", "-c", "export OMP_NUM_THREADS=\"${PETE_TORCH_THREADS}\" MKL_NUM_THREADS=\"${PETE_TORCH_THREADS}\"; exec uvicorn --factory app.main:create_app --host \"${PETE_HOST}\" --port \"${PETE_PORT}\" --workers \"${PETE_WORKERS}\" --timeout-graceful-shutdown 20"]
+# Exec form through sh so the env settings expand and pete-serve becomes PID 1 (gets SIGTERM, drains,
+# exits 0). pete-serve starts PETE_WORKERS uvicorn processes (their /metrics merged when more than
+# one), each limited to PETE_TORCH_THREADS intra-op threads (OMP/MKL get the same value so BLAS
+# pools agree); PETE_SHUTDOWN_TIMEOUT_S bounds the drain.
+CMD ["sh", "-c", "export OMP_NUM_THREADS=\"${PETE_TORCH_THREADS}\" MKL_NUM_THREADS=\"${PETE_TORCH_THREADS}\"; exec pete-serve"]

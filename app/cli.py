@@ -13,11 +13,16 @@ one-line message and exit status 2, before any server starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from importlib import metadata
+from pathlib import Path
+from typing import Iterator
 
 OPTIONS = {  # option -> (environment variable, type, help)
     "--host": ("PETE_HOST", str, "address to bind (default: PETE_HOST or 127.0.0.1)"),
@@ -103,10 +108,36 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal; with the
     # default handler the process would die by SIGTERM (status 143) after a clean drain. Exit 0 instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level,
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
+    with metrics_directory(settings.workers):
+        uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level=settings.log_level,
+                    timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
     return 0
+
+
+@contextlib.contextmanager
+def metrics_directory(workers: int) -> Iterator[str | None]:
+    """With several workers, point ``PROMETHEUS_MULTIPROC_DIR`` (inherited by the workers) at an
+    empty directory so /metrics merges all workers (``app.metrics``): a fresh temporary one, removed
+    afterwards, or the operator's own, emptied of a previous run's files first. One worker: nothing.
+    """
+    from app.metrics import MULTIPROC_ENV
+
+    if workers <= 1:
+        yield None
+        return
+    own = os.environ.get(MULTIPROC_ENV)
+    path = Path(own) if own else Path(tempfile.mkdtemp(prefix="pete-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield str(path)
+    finally:
+        if not own:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
             yield
         finally:
             await service.stop()
+            metrics.worker_exit()
 
     # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package (under
     # /static-offline-docs), not from a CDN: the pages work without internet access.

@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     # ---- server -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `pete-serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port `pete-serve` listens on.")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads its own model copy).")
+    workers: int = Field(1, ge=1, description="Worker processes, each with its own model copy and batcher; "
+                                              "pete-serve merges their /metrics. For N cores: N workers with "
+                                              "PETE_TORCH_THREADS=1 (bench/results/workers).")
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="On shutdown, longest time, in seconds, to finish accepted work before "
                                 "the remaining requests get 503.")

@@ -162,6 +162,38 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime (14), stime (15)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc), e.g. a uvicorn supervisor and its workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))  # fields[1]: ppid
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """``proc_memory`` summed over ``process_tree(pid)`` (HWM: the sum of each process's peak, an upper
+    bound of the tree's peak)."""
+    out = {"rss_bytes": 0, "hwm_bytes": 0}
+    for p in process_tree(pid):
+        for k, v in proc_memory(p).items():
+            out[k] += v
+    return out if out["rss_bytes"] else {}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """``proc_cpu_seconds`` summed over the live ``process_tree(pid)``."""
+    return sum(c for p in process_tree(pid) if (c := proc_cpu_seconds(p)) == c)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -24,6 +24,8 @@ Scenarios (``--scenarios``):
                         the PETE embedding computed per batch;
 - ``pete_wait5ms``      the same, but an idle model waits 5 ms for more work (PETE_MAX_WAIT_MS=5, the
                         default before continuous batching);
+- ``pete_2workers``     the same with two worker processes (PETE_WORKERS=2, /metrics merged through
+                        prometheus-client's multiprocess mode; RSS and CPU summed over the processes);
 - ``pete_nobatch``      the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
 - ``minilm``            all-MiniLM-L6-v2 behind the same service, batcher, routes and defaults (its BERT
                         linear layers int8 too): the app has no sentence-transformers backend, so
@@ -54,6 +56,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,12 +68,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, free_port, latency_summary,
-                          load_sentence_pairs, machine_info, markdown_table, proc_cpu_seconds, proc_memory,
+                          load_sentence_pairs, machine_info, markdown_table, tree_cpu_seconds, tree_memory,
                           write_json)
 
 HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
 JSON_HEADERS = {"content-type": "application/json"}
-ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
+ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_2workers", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
@@ -99,6 +102,10 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_
         elif name == "pete_wait5ms":
             out.append(Scenario(name, "PETE, an idle model waits 5 ms for more work (the default before continuous "
                                       "batching)", "app.main:create_app", {**base, "PETE_MAX_WAIT_MS": "5"}))
+        elif name == "pete_2workers":
+            out.append(Scenario(name, "PETE, two worker processes (PETE_WORKERS=2), each with its own batcher "
+                                      "and PETE_TORCH_THREADS threads", "app.main:create_app",
+                                {**base, "PETE_WORKERS": "2"}))
         elif name == "pete_nobatch":
             out.append(Scenario(name, "PETE, batching off (max batch 1)", "app.main:create_app",
                                 {**base, "PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}))
@@ -150,8 +157,14 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.scenario.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        workers = int(env.get("PETE_WORKERS", "1"))
+        if workers > 1:  # /metrics merged over the workers, as pete-serve sets it up (app.cli)
+            metrics_dir = self.log_path.parent / f"metrics_{self.scenario.name}"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         cmd = [sys.executable, "-m", "uvicorn", "--factory", self.scenario.factory, "--host", HOST,
-               "--port", str(self.port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+               "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
         self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -343,9 +356,9 @@ def _probe(base_url: str, pairs: Sequence[tuple[str, str]]) -> list[float]:
 def run_phase(server: Server, loop_coro_factory, pairs_per_request: int, label: str, **meta: Any) -> dict[str, Any]:
     """Run one load phase against ``server`` and summarise it (throughput, latency, CPU, batching)."""
     m0 = parse_metrics(_get(server.base_url, "/metrics"))
-    cpu0, client0 = proc_cpu_seconds(server.pid), time.process_time()
+    cpu0, client0 = tree_cpu_seconds(server.pid), time.process_time()
     st: PhaseStats = asyncio.run(loop_coro_factory())
-    cpu1, client1 = proc_cpu_seconds(server.pid), time.process_time()
+    cpu1, client1 = tree_cpu_seconds(server.pid), time.process_time()
     m1 = parse_metrics(_get(server.base_url, "/metrics"))
 
     def delta(name: str) -> float:
@@ -380,7 +393,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], pr
     with Server(sc, log_dir, startup_timeout_s=args.startup_timeout) as srv:
         out["startup_s"] = srv.startup_s
         out["info"] = _get(srv.base_url, "/info")
-        out["memory_idle"] = proc_memory(srv.pid)
+        out["memory_idle"] = tree_memory(srv.pid)
         out["probe_scores"] = _probe(srv.base_url, probe_pairs)
         ppr, path = args.pairs_per_request, "/" + args.endpoint
         asyncio.run(closed_loop(srv.base_url, bodies, clients=max(args.clients), duration_s=args.warmup,
@@ -402,7 +415,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], pr
                                     ppr, "open @ 50% sat", loop="open", target_rps=rate,
                                     target_pairs_per_s=rate * ppr))
         out["phases"] = phases
-        out["memory_end"] = proc_memory(srv.pid)
+        out["memory_end"] = tree_memory(srv.pid)
     return out
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (fmt_num, free_port, latency_summary, make_random_checkpoint, markdown_table, percentile,
-                          proc_cpu_seconds, proc_memory, write_json)
+                          proc_cpu_seconds, proc_memory, process_tree, tree_cpu_seconds,
+                          tree_memory, write_json)
 from bench.embedding_study import add_ratios, mean_step_time, parse_step_times, stage_spec, study_markdown
 from bench.flops import (encoder_forward_flops, flop_spec, flops_markdown, linear_params_per_token, measure_matmul,
                          run_flops_section)
@@ -80,6 +82,14 @@ def test_proc_helpers_on_this_process():
     assert mem["rss_bytes"] > 10 * 2**20 and mem["hwm_bytes"] >= mem["rss_bytes"]
     assert proc_cpu_seconds(os.getpid()) > 0
     assert proc_memory(2**22 + 12345) == {}  # no such process
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:  # a process tree: this process and its child, both counted
+        assert child.pid in process_tree(os.getpid()) and os.getpid() in process_tree(os.getpid())
+        assert tree_memory(os.getpid())["rss_bytes"] > mem["rss_bytes"]
+        assert tree_cpu_seconds(os.getpid()) >= proc_cpu_seconds(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
     assert 0 < free_port() < 65536
 
 

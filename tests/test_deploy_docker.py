@@ -97,9 +97,10 @@ def test_runtime_stage_user_port_healthcheck_cmd(parsed):
     argv = json.loads(cmd)
     assert argv[:2] == ["sh", "-c"]
     script = argv[2]
-    for s in ("exec uvicorn", "--factory app.main:create_app", '--workers "${PETE_WORKERS}"',
-              '"${PETE_TORCH_THREADS}"'):
+    # pete-serve reads PETE_HOST/PORT/WORKERS and merges several workers' /metrics (app.cli)
+    for s in ("exec pete-serve", '"${PETE_TORCH_THREADS}"'):
         assert s in script
+    assert env["PETE_SHUTDOWN_TIMEOUT_S"] == "20"
 
 
 def _healthcheck_argv(parsed) -> list[str]:
@@ -150,18 +151,17 @@ def test_healthcheck_command_really_probes_healthz(parsed):
 
 
 def test_cmd_expands_workers_and_threads_from_env(parsed, tmp_path):
-    """Run the CMD's shell script with a stand-in `uvicorn` that prints what it was given."""
+    """Run the CMD's shell script with a stand-in `pete-serve` that prints the settings it would read."""
     (cmd,) = _values(_stages(parsed)[-1], "CMD")
     argv = json.loads(cmd)
-    fake = tmp_path / "uvicorn"
-    fake.write_text('#!/bin/sh\necho "ARGS $*"\necho "OMP=$OMP_NUM_THREADS MKL=$MKL_NUM_THREADS"\n')
+    fake = tmp_path / "pete-serve"
+    fake.write_text('#!/bin/sh\necho "ARGS $*"\necho "WORKERS=$PETE_WORKERS PORT=$PETE_PORT HOST=$PETE_HOST"\n'
+                    'echo "OMP=$OMP_NUM_THREADS MKL=$MKL_NUM_THREADS"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", **parsed.envs, "PETE_WORKERS": "3",
-           "PETE_TORCH_THREADS": "4", "PETE_PORT": "8123"}
+    env = {**parsed.envs, "PETE_WORKERS": "3", "PETE_TORCH_THREADS": "4", "PETE_PORT": "8123"}
     env["PATH"] = f"{tmp_path}:/usr/bin:/bin"
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
-    assert "--workers 3" in out and "--port 8123" in out and "--host 0.0.0.0" in out
-    assert "--factory app.main:create_app" in out
+    assert "WORKERS=3 PORT=8123 HOST=0.0.0.0" in out and "ARGS \n" in out + "\n"  # settings from the env only
     assert "OMP=4 MKL=4" in out
 
 
