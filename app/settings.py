@@ -40,7 +40,9 @@ class Settings(BaseSettings):
                             "faster on CPU, answers independent of batch-mates, STS-B test within 0.5 Spearman "
                             "points (model/checkpoints/default/int8/REPORT.md). `none`: serve float32.")
     torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads for inference; 0 keeps torch's default (one per core).")
+        1, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default (one per core). 1 "
+                             "measured best (bench/results/torch_threads: the event loop needs a core of its "
+                             "own); use more cores through PETE_WORKERS.")
 
     # ---- batching -------------------------------------------------------------------------
     max_batch_size: int = Field(

@@ -24,6 +24,7 @@ Scenarios (``--scenarios``):
                         the PETE embedding computed per batch;
 - ``pete_wait5ms``      the same, but an idle model waits 5 ms for more work (PETE_MAX_WAIT_MS=5, the
                         default before continuous batching);
+- ``pete_torch_default`` the same with torch's own thread count (PETE_TORCH_THREADS=0: one per core);
 - ``pete_2workers``     the same with two worker processes (PETE_WORKERS=2, /metrics merged through
                         prometheus-client's multiprocess mode; RSS and CPU summed over the processes);
 - ``pete_nobatch``      the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
@@ -73,7 +74,8 @@ from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, fre
 
 HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
 JSON_HEADERS = {"content-type": "application/json"}
-ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_2workers", "pete_nobatch", "minilm", "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
+ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
+                 "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
@@ -88,11 +90,12 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_env: dict[str, str],
+def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None, extra_env: dict[str, str],
                     baseline_model: str | None = None) -> list[Scenario]:
     """The scenarios to run, in the order given. Unknown names (and ``pete_baseline`` without a
     ``baseline_model``) raise ValueError."""
-    base = {"PETE_MODEL_PATH": str(model), "PETE_TORCH_THREADS": str(torch_threads), "PETE_LOG_LEVEL": "warning",
+    base = {"PETE_MODEL_PATH": str(model), "PETE_LOG_LEVEL": "warning",
+            **({"PETE_TORCH_THREADS": str(torch_threads)} if torch_threads is not None else {}),
             **extra_env}
     out = []
     for name in names:
@@ -102,6 +105,9 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int, extra_
         elif name == "pete_wait5ms":
             out.append(Scenario(name, "PETE, an idle model waits 5 ms for more work (the default before continuous "
                                       "batching)", "app.main:create_app", {**base, "PETE_MAX_WAIT_MS": "5"}))
+        elif name == "pete_torch_default":
+            out.append(Scenario(name, "PETE, torch's own intra-op thread count (PETE_TORCH_THREADS=0: one per core)",
+                                "app.main:create_app", {**base, "PETE_TORCH_THREADS": "0"}))
         elif name == "pete_2workers":
             out.append(Scenario(name, "PETE, two worker processes (PETE_WORKERS=2), each with its own batcher "
                                       "and PETE_TORCH_THREADS threads", "app.main:create_app",
@@ -540,8 +546,8 @@ def serving_markdown(result: dict[str, Any]) -> str:
              f"Load: `POST /{cfg.get('endpoint', 'similarity')}` with {cfg['pairs_per_request']} pair(s) per request from {result['texts']}; "
              f"closed loop {cfg['duration_s']} s per client count {cfg['clients']}, then an open loop (Poisson) "
              f"at half the saturation rate for {cfg['open_duration_s']} s (latency from the scheduled send time). "
-             f"Server: one uvicorn worker, PETE_TORCH_THREADS={cfg['torch_threads']}; the load generator shares "
-             "the same machine (its CPU use is shown as *client cores*).\n",
+             f"Server: one uvicorn worker, PETE_TORCH_THREADS={cfg['torch_threads'] or 'the service default'}; "
+             "the load generator shares the same machine (its CPU use is shown as *client cores*).\n",
              "## Targets (reported, not asserted)\n",
              markdown_table(result["targets"], [
                  ("target", "target"), ("value", "measured", lambda v: fmt_num(v, 2)), ("goal", "goal"),
@@ -622,8 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs-per-request", type=int, default=1)
     p.add_argument("--endpoint", choices=ENDPOINTS, default="similarity", help="the route the load is sent to")
     p.add_argument("--baseline-model", help="checkpoint of the pete_baseline scenario")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="PETE_TORCH_THREADS of the server (the load generator needs CPU too)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="PETE_TORCH_THREADS of the server (default: the service's own default, what ships)")
     p.add_argument("--env", action="append", default=[], metavar="PETE_X=V", help="extra server setting, repeatable")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP/s + profile section")
@@ -704,7 +710,7 @@ def flops_sections(args: argparse.Namespace, model_dir: Path, names: Sequence[st
     from model.encoder import SentenceEncoder
 
     threads = ([int(x) for x in args.flops_threads.split(",")] if args.flops_threads
-               else sorted({1, args.torch_threads}))
+               else sorted({1, args.torch_threads or 1}))
     texts = [t for pair in pairs for t in pair]
     out = []
     if (model_dir / "config.json").is_file():
