@@ -9,7 +9,8 @@ forms the next batch, continuous batching as text-embeddings-inference does it; 
 done (request cancelled, client gone, timed out),
 runs ``compute(batch)`` on a single dedicated thread so the event loop stays responsive, and
 resolves each future with its output. An exception inside ``compute`` fails only that batch's
-futures (``BatchFailed``); the worker goes on with the next batch.
+futures (``BatchFailed``); an output that is an exception instance fails only its own item; the
+worker goes on with the next batch.
 
 ``compute`` is injected, so the batcher knows nothing about the model (``app.inference``
 provides the real one; tests wrap it to add slowness or failures). Every item is computed
@@ -252,7 +253,10 @@ class MicroBatcher:
                     self._metrics.inference_duration.observe(time.perf_counter() - start)
             for it, out in zip(live, outputs):
                 if not it.future.done():
-                    it.future.set_result(out)
+                    if isinstance(out, Exception):  # this item failed, its batch-mates did not
+                        it.future.set_exception(out)
+                    else:
+                        it.future.set_result(out)
 
     def _fail_pending(self, pending: list[WorkItem]) -> None:
         """Fail ``pending`` and every item still queued with ``Closed`` (after a forced stop)."""

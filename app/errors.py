@@ -11,7 +11,8 @@ always rendered by ``JSONResponse`` (the ASGI middleware's early answers include
 - 422 ``invalid_request``: malformed JSON, wrong types, empty strings or lists, unknown fields, a
   text longer than ``max_chars_per_text`` (a client error in one field, so 422 naming the field).
 - 429 ``overloaded``: the queue is full (``Retry-After``).
-- 500 ``internal_error``: anything unexpected, or the batch holding the request failed.
+- 500 ``internal_error``: anything unexpected, the batch holding the request failed, or the model
+  gave a non-finite (NaN/Inf) output for one of its items (never ``null`` in a 200).
 - 503 ``not_ready`` / ``shutting_down``: model not loaded yet, or draining (``Retry-After``).
 - 504 ``timeout``: results not ready within ``request_timeout_s``.
 Every refusal also counts in ``pete_rejected_requests_total{reason}``.
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import BatchFailed, Closed, DeadlineExceeded, Overloaded
+from app.inference import NonFiniteOutput
 from app.metrics import Metrics
 
 log = logging.getLogger("pete.errors")
@@ -146,6 +148,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _timeout(request: Request, exc: DeadlineExceeded) -> JSONResponse:
         reject("timeout")
         return JSONResponse(error_body("timeout", "request timed out"), status_code=504)
+
+    @app.exception_handler(NonFiniteOutput)
+    async def _non_finite(request: Request, exc: NonFiniteOutput) -> JSONResponse:
+        log.error("non-finite model output on %s: %s", request.url.path, exc)
+        reject("inference_error")
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
     @app.exception_handler(BatchFailed)
     async def _batch_failed(request: Request, exc: BatchFailed) -> JSONResponse:

@@ -24,6 +24,11 @@ from app.batching import WorkItem
 from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch, mean_pool_packed, pad_states
 
 
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or Inf for this item (corrupt weights, or a numeric overflow): the item
+    fails (500), never a ``null`` in a 200."""
+
+
 @dataclass(frozen=True)
 class EmbedOutput:
     """Output of an ``"embed"`` item: ``vector`` (d,) float32 (not normalised), ``truncated`` (the text
@@ -81,8 +86,9 @@ class ModelRunner:
         self.separate = not model.nli_joint  # NLI sides encoded alone, like texts to embed
         self.align = model.config.nli_head == "align"
 
-    def __call__(self, items: list[WorkItem]) -> list[EmbedOutput | NliOutput]:
-        """One output per item, in order. Raises whatever the tokenizer or the model raises."""
+    def __call__(self, items: list[WorkItem]) -> list[EmbedOutput | NliOutput | NonFiniteOutput]:
+        """One output per item, in order; an item whose output is not finite gets a ``NonFiniteOutput``
+        instead (the batcher fails that item only). Raises whatever the tokenizer or the model raises."""
         return self.compute(items, record=True)
 
     @torch.inference_mode()
@@ -128,16 +134,19 @@ class ModelRunner:
             p = F.softmax(logits.float(), dim=-1).numpy()
             probs = {i: p[k] for k, i in enumerate(nli_idx)}
 
-        out: list[EmbedOutput | NliOutput] = []
+        out: list[EmbedOutput | NliOutput | NonFiniteOutput] = []
         for i, it in enumerate(items):
             s = text_slot[i]
             if it.kind == "embed":
-                out.append(EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s]))
+                o = EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s])
+                bad = not np.isfinite(o.vector).all()
             elif self.separate:
-                out.append(NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1],
-                                     tb.lengths[s] + tb.lengths[s + 1]))
+                o = NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1], tb.lengths[s] + tb.lengths[s + 1])
+                bad = not np.isfinite(o.probabilities).all()
             else:
-                out.append(NliOutput(probs[i], pb.truncated[s], pb.lengths[s]))
+                o = NliOutput(probs[i], pb.truncated[s], pb.lengths[s])
+                bad = not np.isfinite(o.probabilities).all()
+            out.append(NonFiniteOutput(f"non-finite {it.kind} output") if bad else o)
         return out
 
     def warmup(self) -> None:
@@ -147,6 +156,26 @@ class ModelRunner:
         n = self.max_batch_size
         self.compute([WorkItem("embed", long_text) for _ in range(n)]
                      + [WorkItem("nli", long_text, long_text) for _ in range(n)], record=False)
+        self.check_answers()
+
+    def check_answers(self) -> None:
+        """Readiness that checks answers: a plain sentence and an NLI pair must give finite outputs of
+        the expected shapes (vector (d,), probabilities (3,) summing to 1).
+
+        Raises:
+            NonFiniteOutput: NaN or Inf (e.g. a checkpoint with NaN weights).
+            RuntimeError: an output of the wrong shape.
+        """
+        text = "A man is playing a guitar."
+        emb, nli = self.compute([WorkItem("embed", text), WorkItem("nli", text, "Someone plays music.")], record=False)
+        for o in (emb, nli):
+            if isinstance(o, NonFiniteOutput):
+                raise NonFiniteOutput("the model gives NaN/Inf for a plain sentence: the checkpoint's weights are "
+                                      "corrupt (non-finite)")
+        if emb.vector.shape != (self.model.config.dim,) or nli.probabilities.shape != (3,) \
+                or abs(float(nli.probabilities.sum()) - 1) > 1e-3:
+            raise RuntimeError(f"unexpected output shapes: vector {emb.vector.shape}, "
+                               f"probabilities {nli.probabilities.shape}")
 
     # ---- helpers --------------------------------------------------------------------------
     def _encode(self, tb: TokenBatch, record: bool,

@@ -68,14 +68,17 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
 
     # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package (under
     # /static-offline-docs), not from a CDN: the pages work without internet access.
-    app = FastAPIOffline(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # No trailing-slash redirects: a redirect's Location would echo the client's Host header
+    # (an open redirect); /similarity/ is simply not a route (404).
+    app = FastAPIOffline(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                         redirect_slashes=False)
     app.state.service = service
     install_error_handlers(app, metrics)
     app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc())
     app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
-                       min_items=MIN_QUEUE_ITEMS,
+                       min_items=MIN_QUEUE_ITEMS, max_body_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.rejected.labels(reason="queue_full").inc())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=route_paths())
     return app

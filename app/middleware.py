@@ -32,13 +32,16 @@ class LoadSheddingMiddleware:
     validated it, at a fraction of the event loop's time (under 4x overload the event loop
     otherwise spends most of its time producing 429s, and their p99 grew past 10 ms:
     reliability/REPORT.md). Requests that might fit go on to the app, which decides exactly.
-    ``free_slots()`` returns None while there is no batcher (start-up): nothing is shed then.
+    ``free_slots()`` returns None while there is no batcher (start-up): nothing is shed then. A
+    request declaring a body over ``max_body_bytes`` is not shed: it goes on to get its 413.
     ``on_reject()`` is called for each refusal (metrics). The connection stays open (keep-alive).
     """
 
     def __init__(self, app: ASGIApp, free_slots: Callable[[], int | None], min_items: Mapping[str, int],
-                 retry_after_s: int = 1, on_reject: Callable[[], None] | None = None) -> None:
+                 retry_after_s: int = 1, on_reject: Callable[[], None] | None = None,
+                 max_body_bytes: int | None = None) -> None:
         self.app, self.free_slots, self.min_items = app, free_slots, dict(min_items)
+        self.max_body_bytes = max_body_bytes
         self.retry_after = {"retry-after": str(retry_after_s)}
         self.on_reject = on_reject
 
@@ -46,13 +49,23 @@ class LoadSheddingMiddleware:
         if scope["type"] == "http" and scope.get("method") == "POST":
             need = self.min_items.get(scope.get("path", ""))
             free = self.free_slots() if need is not None else None
-            if free is not None and free < need:
+            if free is not None and free < need and not self._too_large(scope):
                 if self.on_reject is not None:
                     self.on_reject()
                 await _send_json(scope, receive, send, 429, error_body("overloaded", OVERLOADED_MESSAGE),
                                  self.retry_after, close=False)
                 return
         await self.app(scope, receive, send)
+
+    def _too_large(self, scope: Scope) -> bool:
+        """A declared Content-Length over ``max_body_bytes``: such a request is refused with 413 by
+        ``BodySizeLimitMiddleware`` (too big is the more useful answer than "retry later")."""
+        if self.max_body_bytes is None:
+            return False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                return value.isdigit() and int(value) > self.max_body_bytes
+        return False
 
 
 class BodySizeLimitMiddleware:
@@ -119,7 +132,8 @@ class RequestMetricsMiddleware:
 
     ``endpoint`` is the request path when it is one of ``endpoints`` and ``"other"`` otherwise (so
     arbitrary paths cannot blow up label cardinality). A request that ends in an exception before
-    a response started counts as status 500, one cancelled (client gone) as 499.
+    a response started counts as status 500; one whose client went away first (cancelled, or a
+    disconnect seen while reading its body, and no answer sent) as 499 (client closed request).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: Collection[str]) -> None:
@@ -132,16 +146,26 @@ class RequestMetricsMiddleware:
         path = scope.get("path", "")
         endpoint = path if path in self.endpoints else "other"
         status = 500
+        started = disconnected = False
         start = time.perf_counter()
 
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
+            if disconnected and not started:
+                status = 499  # the client went away before any answer (e.g. mid-body): not a 5xx
         except asyncio.CancelledError:
             status = 499  # the request task was cancelled (client gone), nothing was sent
             raise

@@ -506,12 +506,19 @@ class SentenceEncoder(nn.Module):
 
         Raises:
             FileNotFoundError: a required file is missing.
+            ValueError: a file cannot be read as what it should be (the message names the file).
         """
         d = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d / name} not found")
-        config = EncoderConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        model = cls(config, Tokenizer.from_file(str(d / TOKENIZER_NAME)))
-        model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        def read(name: str, load):
+            try:
+                return load(d / name)
+            except Exception as e:  # the libraries' messages do not name the file
+                raise ValueError(f"{d / name} is not a valid {name}: {e}") from e
+
+        config = read(CONFIG_NAME, lambda p: EncoderConfig.from_dict(json.loads(p.read_text())))
+        model = cls(config, read(TOKENIZER_NAME, lambda p: Tokenizer.from_file(str(p))))
+        model.load_state_dict(read(WEIGHTS_NAME, lambda p: load_file(str(p))))
         return model.eval()

@@ -252,6 +252,104 @@ async def test_concurrent_requests_are_coalesced_without_changing_scores(checkpo
         assert sample(app, "pete_batch_size_sum") >= 34 and sample(app, "pete_batch_size_bucket", le="1.0") == 0
 
 
+@pytest.mark.anyio
+async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
+    async with serve(settings(checkpoint)) as (app, client):
+        messages = [{"type": "http.request", "body": b'{"pairs": [', "more_body": True}, {"type": "http.disconnect"}]
+        sent: list[dict] = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/similarity", "raw_path": b"/similarity", "root_path": "",
+                 "query_string": b"", "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+        assert sent == []  # nobody to answer
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="499") == 1
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="500") == 0
+
+
+def nan_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """A copy of ``checkpoint`` with one NaN in the encoder's weights."""
+    model = SentenceEncoder.from_pretrained(checkpoint)
+    with torch.no_grad():
+        next(model.encoder.parameters()).view(-1)[0] = float("nan")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_with_nan_weights_fails_start_up(checkpoint, tmp_path):
+    from app.inference import NonFiniteOutput
+
+    app = create_app(settings(nan_checkpoint(checkpoint, tmp_path / "nan")))
+    with pytest.raises(NonFiniteOutput, match="corrupt"):
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            pass
+    assert not app.state.service.ready
+
+
+@pytest.mark.anyio
+async def test_a_non_finite_output_is_a_500_for_that_item_never_null_in_a_200(checkpoint):
+    gate = Gate()
+    async with serve(settings(checkpoint), gate) as (app, client):
+        model = app.state.service.model
+        real_embed = model.embed
+
+        def embed(ids, mask):  # poison the rows whose first word has an odd token id
+            out = real_embed(ids, mask)
+            out[ids[:, 1] % 2 == 1] = float("nan")
+            return out
+
+        model.embed = embed
+        texts = ["cat", "dog", "man", "park", "red", "blue"]
+        r = await client.post("/embeddings", json={"input": texts})
+        assert r.status_code == 500 and r.json() == {"error": "internal_error", "message": "internal server error",
+                                                     "detail": None}
+        ok = [t for t in texts if model.tokenize([t]).input_ids[0, 1] % 2 == 0]
+        bad = [t for t in texts if t not in ok]
+        assert ok and bad, "the test needs both kinds of words"
+        gate.block()  # hold a first batch, so that the next requests queue up and share one batch
+        plug = asyncio.create_task(client.post("/embeddings", json={"input": [ok[0]]}))
+        await gate.wait_entered()
+        tasks = [asyncio.create_task(client.post("/embeddings", json={"input": [t]})) for t in ok + bad]
+        await wait_until(lambda: app.state.service.batcher.depth == len(ok + bad))
+        batches_before = sample(app, "pete_batch_size_count")
+        gate.release.set()
+        assert (await plug).status_code == 200
+        codes = [await t for t in tasks]
+        assert sample(app, "pete_batch_size_count") - batches_before == 2  # the plug's pass, then one for all
+        assert [c.status_code for c in codes] == [200] * len(ok) + [500] * len(bad)  # batch-mates still served
+        assert all("null" not in c.text for c in codes if c.status_code == 200)
+        assert sample(app, "pete_rejected_requests_total", reason="inference_error") == 1 + len(bad)
+
+
+@pytest.mark.anyio
+async def test_no_trailing_slash_redirect_echoes_the_host_header(checkpoint):
+    async with serve(settings(checkpoint)) as (app, client):
+        r = await client.post("/similarity/", json={"pairs": [PAIR]}, headers={"host": "evil.example"})
+        assert r.status_code == 404 and "location" not in r.headers and "evil" not in r.text
+
+
+@pytest.mark.anyio
+async def test_a_too_large_body_is_413_even_when_the_queue_is_full(checkpoint):
+    async with busy_service(checkpoint) as (app, client, gate, first):
+        queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
+        await wait_until(lambda: app.state.service.batcher.depth == 4)
+        big = b"x" * (2 << 20)  # over the default 1 MiB limit, declared in Content-Length
+        r = await client.post("/similarity", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 429  # a normal request is still shed
+        gate.release.set()
+        await asyncio.gather(first, *queued)
+
+
 # ---- errors -----------------------------------------------------------------------------------
 @pytest.mark.anyio
 async def test_validation_errors_are_422_naming_the_field(checkpoint):

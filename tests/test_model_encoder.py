@@ -261,6 +261,14 @@ def test_from_pretrained_reports_missing_files(tmp_path):
         SentenceEncoder.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "model.safetensors"])
+def test_from_pretrained_names_the_corrupt_file(tmp_path, name):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / name).write_text("{not what it should be")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'ckpt' / name} is not a valid {name}"):
+        SentenceEncoder.from_pretrained(tmp_path / "ckpt")
+
+
 def test_materialize_embeddings_keeps_outputs():
     model = tiny_model()
     before = model.encode(TEXTS)
