@@ -10,7 +10,17 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny word-level vocabulary of the app tests' random checkpoints (special tokens first).
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+    "the a an is are on in of and not no cat dog man woman child plays playing guitar piano "
+    "sits sat mat runs running park street music sleeps eats food red blue big small").split()
 BUNDLED_CHECKPOINT = ROOT / "model" / "checkpoints" / "default"
+
+
+@pytest.fixture
+def anyio_backend():
+    """The async tests (``@pytest.mark.anyio``) run on asyncio, as the service does."""
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")

@@ -23,19 +23,13 @@ from app.schemas import ErrorResponse
 from app.settings import Settings
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
+from conftest import TINY_VOCAB
 
 torch.set_num_threads(1)
 
-WORDS = ("the a an is are on in of and not no cat dog man woman child plays playing guitar piano "
-         "sits sat mat runs running park street music sleeps eats food red blue big small").split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+VOCAB = TINY_VOCAB
 PAIR = {"text_a": "a man is playing a guitar", "text_b": "the man plays music"}
 LONG = " ".join(["the cat sat on the mat"] * 10)
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")

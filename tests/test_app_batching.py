@@ -16,17 +16,11 @@ from app.inference import ModelRunner, cosine
 from app.metrics import Metrics
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
+from conftest import TINY_VOCAB
 
 torch.set_num_threads(1)
 
-WORDS = ("the a an is are on in of and not no cat dog man woman child plays playing guitar piano "
-         "sits sat mat runs running park street music sleeps eats food red blue big small").split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
+VOCAB = TINY_VOCAB
 
 
 def tiny_model(nli_head: str = "pair", seed: int = 0) -> SentenceEncoder:

@@ -17,11 +17,6 @@ from reliability.faults import disconnect_storm, sigterm_under_load
 GENERIC_500 = {"error": "internal_error", "message": "internal server error", "detail": None}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")

@@ -14,11 +14,6 @@ from reliability.common import build_checkpoint
 from reliability.fuzz import edge_cases, fuzz_schema, judge_edge
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")

@@ -76,11 +76,6 @@ def test_overload_short_only_fast_429s_bounded_queue_quick_recovery(server):
     assert r["recovery_after_drain"]["first_normal_answer_s"] < 1.0
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_startup_freezes_the_loaded_objects_out_of_the_gc(tmp_path):
     """Regression (REPORT.md): a full GC walked ~200k start-up objects and stalled every request

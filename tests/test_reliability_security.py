@@ -19,11 +19,6 @@ from reliability.security import (GOOD_CREDENTIALS, OPEN_ROUTES, SAMPLE_BODIES, 
 KEY = "s3cret-Key-42"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
