@@ -370,3 +370,20 @@ def test_bundled_checkpoint_answers_plain_nli_pairs(quantize):
     probs = model.predict_nli([p for p, _, _ in NLI_EXAMPLES], [h for _, h, _ in NLI_EXAMPLES])
     predicted = [NLI_LABELS[i] for i in probs.argmax(-1).tolist()]
     assert predicted == [y for *_, y in NLI_EXAMPLES]
+
+
+def test_long_texts_are_cut_to_the_character_budget_before_tokenizing():
+    from model.encoder import CHARS_PER_TOKEN
+
+    model = tiny_model()
+    budget = 8 * CHARS_PER_TOKEN
+    prose = " ".join(["the cat sat on the mat"] * 200)  # far over the budget, and over 8 tokens long before it
+    cut_by_hand = model.tokenize([prose[:budget]], max_tokens=8)
+    tb = model.tokenize([prose, "a cat"], max_tokens=8)
+    assert torch.equal(tb.input_ids[0], cut_by_hand.input_ids[0])  # what the model sees is unchanged
+    assert tb.truncated == [True, False]
+    spaced = "cat" + " " * (budget + 10) + "dog"  # few tokens, but longer than the budget: cut and flagged
+    tb = model.tokenize([spaced], max_tokens=8)
+    assert tb.truncated == [True] and tb.lengths == [3]  # [CLS] cat [SEP]: "dog" lay beyond the budget
+    pair = model.tokenize(["a cat"], [spaced], max_tokens=8)
+    assert pair.truncated == [True]

@@ -107,8 +107,11 @@ async def test_unicode_edge_cases_raised_limits_reach_the_model(tiny):
         rows = await _send_all(client)
         r = await client.post("/embeddings", content=json.dumps({"input": ["x" * 1_000_000, "a\n" + "\n" * 10_000 + "b"]}),
                               headers={"content-type": "application/json"})
-        assert r.status_code == 200 and [d["truncated"] for d in r.json()["data"]] == [False, False]
-        assert r.json()["usage"]["total_tokens"] == 3 + 4  # the 1 MB token is one [UNK]
+        # both texts pass the character budget (max tokens x model.encoder.CHARS_PER_TOKEN), so they are
+        # cut before tokenizing and flagged: the 1 MB token is still one [UNK]; the trailing "b" is
+        # beyond the budget
+        assert r.status_code == 200 and [d["truncated"] for d in r.json()["data"]] == [True, True]
+        assert r.json()["usage"]["total_tokens"] == 3 + 3
     bad = [r for r in rows if not r["ok"]]
     assert not bad, bad
     for route in ("/embeddings", "/v1/embeddings", "/similarity", "/nli"):
