@@ -90,8 +90,10 @@ class Settings(BaseSettings):
                                               "pete-serve merges their /metrics. For N cores: N workers with "
                                               "PETE_TORCH_THREADS=1 (bench/results/workers).")
     shutdown_timeout_s: float = Field(
-        30.0, gt=0, description="On shutdown, longest time, in seconds, to finish accepted work before "
-                                "the remaining requests get 503.")
+        20.0, gt=0, description="On shutdown, longest time, in seconds, that pete-serve waits for open "
+                                "requests (uvicorn's graceful timeout) and the batcher's accepted work; "
+                                "keep it below the deploy's grace period minus its preStop delay (Kubernetes: "
+                                "30 - 5 s, tests/test_deploy_k8s.py checks the margin).")
     log_level: str = Field("info", description="uvicorn log level (critical, error, warning, info, debug).")
 
     @field_validator("api_key")

@@ -91,6 +91,12 @@ def test_deployment_probes_resources_security():
     assert env["PETE_TORCH_THREADS"]["value"] == "1"
     assert env["PETE_WORKERS"]["value"] == str(res["limits"]["cpu"])
     assert env["PETE_PORT"]["value"] == str(ports["http"])
+    # the drain fits the grace period: preStop sleep + pete-serve's shutdown bound + 5 s margin
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(env["PETE_SHUTDOWN_TIMEOUT_S"]["value"])
+    assert pre_stop + drain + 5 <= pod["spec"]["terminationGracePeriodSeconds"], (pre_stop, drain)
+    from app.settings import Settings
+    assert drain == Settings.model_fields["shutdown_timeout_s"].default  # the same bound as the service default
     assert env["PETE_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
     ann = pod["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true"
