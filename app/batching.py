@@ -38,9 +38,8 @@ ComputeFn = Callable[[list["WorkItem"]], Sequence[Any]]
 class Overloaded(Exception):
     """The queue has no room for the request's items (maps to 429 with ``Retry-After``)."""
 
-    def __init__(self, retry_after_s: int = 1) -> None:
+    def __init__(self) -> None:
         super().__init__("queue full")
-        self.retry_after_s = retry_after_s
 
 
 class Closed(Exception):

@@ -33,19 +33,20 @@ from app.inference import NonFiniteOutput
 from app.metrics import Metrics
 
 log = logging.getLogger("pete.errors")
-RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
     """An error with a status code, a stable code string, a safe message and optional headers.
 
     ``field`` (dotted path such as ``pairs.3.text_a``) names the offending input where there is one.
-    ``reason`` is the ``pete_rejected_requests_total`` label (None: not counted).
+    ``reason`` is the ``pete_rejected_requests_total`` label (None: not counted). ``retry_later``:
+    the answer carries ``Retry-After`` (the ``retry_after_s`` setting).
     """
 
     status_code = 500
     code = "internal_error"
     reason: str | None = None
+    retry_later = False
 
     def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -68,17 +69,17 @@ class InvalidInput(ApiError):
 
 
 class NotReady(ApiError):
-    status_code, code, reason = 503, "not_ready", "not_ready"
+    status_code, code, reason, retry_later = 503, "not_ready", "not_ready", True
 
     def __init__(self) -> None:
-        super().__init__("model is loading", headers={"Retry-After": str(RETRY_AFTER_S)})
+        super().__init__("model is loading")
 
 
 class ShuttingDown(ApiError):
-    status_code, code, reason = 503, "shutting_down", "shutting_down"
+    status_code, code, reason, retry_later = 503, "shutting_down", "shutting_down", True
 
     def __init__(self) -> None:
-        super().__init__("server is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)})
+        super().__init__("server is shutting down")
 
 
 class ClientDisconnected(ApiError):
@@ -106,8 +107,10 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    """Register the handlers that map every exception to the JSON shape above."""
+def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
+    """Register the handlers that map every exception to the JSON shape above; 429 and 503 answers
+    carry ``Retry-After: retry_after_s`` (seconds, the ``retry_after_s`` setting)."""
+    retry = {"Retry-After": str(retry_after_s)}
 
     def reject(reason: str) -> None:
         metrics.rejected.labels(reason=reason).inc()
@@ -129,20 +132,19 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         if exc.reason:
             reject(exc.reason)
         detail = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        headers = {**(exc.headers or {}), **(retry if exc.retry_later else {})}
         return JSONResponse(error_body(exc.code, exc.message, detail), status_code=exc.status_code,
-                            headers=exc.headers)
+                            headers=headers or None)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         reject("queue_full")
-        return JSONResponse(error_body("overloaded", OVERLOADED_MESSAGE), status_code=429,
-                            headers={"Retry-After": str(exc.retry_after_s)})
+        return JSONResponse(error_body("overloaded", OVERLOADED_MESSAGE), status_code=429, headers=retry)
 
     @app.exception_handler(Closed)
     async def _closed(request: Request, exc: Closed) -> JSONResponse:
         reject("shutting_down")
-        return JSONResponse(error_body("shutting_down", "server is shutting down"), status_code=503,
-                            headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse(error_body("shutting_down", "server is shutting down"), status_code=503, headers=retry)
 
     @app.exception_handler(DeadlineExceeded)
     async def _timeout(request: Request, exc: DeadlineExceeded) -> JSONResponse:

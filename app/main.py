@@ -73,12 +73,13 @@ def create_app(settings: Settings | None = None, *, before_batch: BatchHook | No
     app = FastAPIOffline(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                          redirect_slashes=False)
     app.state.service = service
-    install_error_handlers(app, metrics)
+    install_error_handlers(app, metrics, settings.retry_after_s)
     app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc())
     app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
                        min_items=MIN_QUEUE_ITEMS, max_body_bytes=settings.max_body_bytes,
+                       retry_after_s=settings.retry_after_s,
                        on_reject=lambda: metrics.rejected.labels(reason="queue_full").inc())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=route_paths())
     return app

@@ -38,7 +38,7 @@ class LoadSheddingMiddleware:
     """
 
     def __init__(self, app: ASGIApp, free_slots: Callable[[], int | None], min_items: Mapping[str, int],
-                 retry_after_s: int = 1, on_reject: Callable[[], None] | None = None,
+                 retry_after_s: int, on_reject: Callable[[], None] | None = None,
                  max_body_bytes: int | None = None) -> None:
         self.app, self.free_slots, self.min_items = app, free_slots, dict(min_items)
         self.max_body_bytes = max_body_bytes

@@ -113,7 +113,7 @@ async def readyz(request: Request):
     if svc.ready and not svc.draining:
         return Status(status="ready")
     status = "draining" if svc.draining else "loading"
-    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": str(svc.settings.retry_after_s)})
 
 
 @router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}},

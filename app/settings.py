@@ -59,6 +59,9 @@ class Settings(BaseSettings):
                                "during a forward pass gathers in the queue for the next one. A positive value "
                                "makes an idle model wait up to this many milliseconds for more work after a "
                                "batch's first item (bigger batches at low load, for that much latency).")
+    retry_after_s: int = Field(
+        1, ge=1, description="Seconds in the Retry-After header of every 429 (queue full) and 503 (loading, "
+                             "draining) answer, /readyz's included.")
     queue_capacity: int = Field(
         512, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
                                 "pair or an embedding input 1); a request that does not fit gets 429.")

@@ -432,6 +432,33 @@ async def test_full_queue_is_429_with_retry_after(checkpoint):
 
 
 @pytest.mark.anyio
+async def test_every_retry_after_comes_from_one_setting(checkpoint):
+    s = settings(checkpoint, retry_after_s=7)
+    async with serve(s, lifespan=False) as (app, client):  # loading: 503 from a route and from /readyz
+        assert (await client.post("/similarity", json={"pairs": [PAIR]})).headers["retry-after"] == "7"
+        assert (await client.get("/readyz")).headers["retry-after"] == "7"
+    gate = Gate()
+    async with serve(settings(checkpoint, retry_after_s=7, max_batch_size=2, queue_capacity=4,
+                              max_pairs_per_request=2), gate) as (app, client):
+        gate.block()
+        first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
+        await gate.wait_entered()
+        queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
+        await wait_until(lambda: app.state.service.batcher.depth == 4)
+        shed = await client.post("/similarity", json={"pairs": [PAIR]})  # refused by the middleware
+        full = await client.post("/embeddings", json={"input": ["c"]})  # refused by the batcher
+        assert (shed.status_code, full.status_code) == (429, 429)
+        assert shed.headers["retry-after"] == full.headers["retry-after"] == "7"
+        stopping = asyncio.create_task(app.state.service.stop())
+        await asyncio.sleep(0.01)
+        r = await client.post("/similarity", json={"pairs": [PAIR]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+        assert (await client.get("/readyz")).headers["retry-after"] == "7"
+        gate.release.set()
+        await asyncio.gather(first, *queued, stopping)
+
+
+@pytest.mark.anyio
 async def test_full_queue_sheds_load_before_parsing_and_keeps_what_fits(checkpoint):
     async with busy_service(checkpoint) as (app, client, gate, first):
         queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})),
