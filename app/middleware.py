@@ -132,8 +132,10 @@ class RequestMetricsMiddleware:
 
     ``endpoint`` is the request path when it is one of ``endpoints`` and ``"other"`` otherwise (so
     arbitrary paths cannot blow up label cardinality). A request that ends in an exception before
-    a response started counts as status 500; one whose client went away first (cancelled, or a
-    disconnect seen while reading its body, and no answer sent) as 499 (client closed request).
+    a response started counts as status 500; one whose client went away first (cancelled, a
+    disconnect seen while reading its body, or a connection found closed when writing the answer)
+    as 499 (client closed request). Writes to a closed connection are dropped, not raised: no stack
+    trace or internal-error count for an answer nobody can read.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: Collection[str]) -> None:
@@ -157,15 +159,24 @@ class RequestMetricsMiddleware:
             return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, disconnected
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-            await send(message)
+            if disconnected:
+                return
+            try:
+                await send(message)
+            except (ConnectionError, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and "closed" not in str(e):
+                    raise  # not a closed connection: a real error
+                # The connection is gone (e.g. a pipelined request whose client left: the server marks
+                # only the newest request as disconnected). Nobody reads this answer; not an error.
+                disconnected = True
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
-            if disconnected and not started:
-                status = 499  # the client went away before any answer (e.g. mid-body): not a 5xx
+            if disconnected:
+                status = 499  # the client went away before the answer was delivered: not a 5xx
         except asyncio.CancelledError:
             status = 499  # the request task was cancelled (client gone), nothing was sent
             raise
