@@ -139,14 +139,12 @@ class ModelRunner:
             s = text_slot[i]
             if it.kind == "embed":
                 o = EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s])
-                bad = not np.isfinite(o.vector).all()
             elif self.separate:
                 o = NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1], tb.lengths[s] + tb.lengths[s + 1])
-                bad = not np.isfinite(o.probabilities).all()
             else:
                 o = NliOutput(probs[i], pb.truncated[s], pb.lengths[s])
-                bad = not np.isfinite(o.probabilities).all()
-            out.append(NonFiniteOutput(f"non-finite {it.kind} output") if bad else o)
+            finite = np.isfinite(o.vector if it.kind == "embed" else o.probabilities).all()
+            out.append(o if finite else NonFiniteOutput(f"non-finite {it.kind} output"))
         return out
 
     def warmup(self) -> None:

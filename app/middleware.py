@@ -22,6 +22,18 @@ async def _send_json(scope: Scope, receive: Receive, send: Send, status: int, bo
     await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
 
+def _declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length`` in bytes, None without one.
+
+    Raises:
+        ValueError: the header is not a number.
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
 class LoadSheddingMiddleware:
     """Answer 429 (``Retry-After``) before any parsing when the batch queue cannot take the request.
 
@@ -62,10 +74,11 @@ class LoadSheddingMiddleware:
         ``BodySizeLimitMiddleware`` (too big is the more useful answer than "retry later")."""
         if self.max_body_bytes is None:
             return False
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                return value.isdigit() and int(value) > self.max_body_bytes
-        return False
+        try:
+            declared = _declared_length(scope)
+        except ValueError:
+            return False  # not a number: BodySizeLimitMiddleware answers 400
+        return declared is not None and declared > self.max_body_bytes
 
 
 class BodySizeLimitMiddleware:
@@ -85,14 +98,12 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http" or scope.get("method", "GET") in _NO_BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    return await self._refuse(scope, receive, send, 400, "bad_request", "invalid Content-Length")
-                if declared > self.max_bytes:
-                    return await self._too_large(scope, receive, send)
+        try:
+            declared = _declared_length(scope)
+        except ValueError:
+            return await self._refuse(scope, receive, send, 400, "bad_request", "invalid Content-Length")
+        if declared is not None and declared > self.max_bytes:
+            return await self._too_large(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -148,7 +159,7 @@ class RequestMetricsMiddleware:
         path = scope.get("path", "")
         endpoint = path if path in self.endpoints else "other"
         status = 500
-        started = disconnected = False
+        disconnected = False
         start = time.perf_counter()
 
         async def receive_wrapper() -> Message:
@@ -159,9 +170,9 @@ class RequestMetricsMiddleware:
             return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started, disconnected
+            nonlocal status, disconnected
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status = message["status"]
             if disconnected:
                 return
             try:

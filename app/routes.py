@@ -1,7 +1,7 @@
 """HTTP endpoints. Thin: validate limits, build work items, await the batcher, shape the response.
 
-POST /similarity, /nli, /v1/embeddings (alias /embeddings) need the API key when one is set; GET /healthz, /readyz,
-/info, /metrics are open (see ``app.auth``).
+POST /similarity, /nli, /v1/embeddings (alias /embeddings) need the API key when one is set;
+GET /healthz, /readyz, /info, /metrics are open (see ``app.auth``).
 """
 
 from __future__ import annotations
@@ -144,9 +144,9 @@ router.include_router(protected)
 
 
 def route_paths(method: str | None = None) -> tuple[str, ...]:
-    """The paths ``router`` serves, its included ``protected`` routes first (those answering ``method``
-    when given):
-    the one route table (metrics label requests by these paths, everything else is "other")."""
+    """The paths ``router`` serves, its included ``protected`` routes first (only those answering
+    ``method`` when given): the one route table (metrics label requests by these paths, everything
+    else is "other")."""
     routes = [r for group in (protected, router) for r in group.routes if isinstance(r, APIRoute)]
     return tuple(r.path for r in routes if method is None or method in r.methods)
 

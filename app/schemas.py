@@ -115,7 +115,6 @@ class EmbeddingsRequest(_Request):
     user: str | None = Field(None, description="Accepted for OpenAI clients and ignored.")
 
 
-
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int = Field(description="Position of the text in `input`.")

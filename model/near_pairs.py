@@ -45,8 +45,9 @@ def mine_neighbours(emb: np.ndarray, rows: np.ndarray, k: int = 2, max_cos: floa
     Returns:
         (m, 2) int64 row pairs (a < b), unique, m <= n * k.
     """
-    x = F.normalize(torch.from_numpy(np.asarray(emb[np.sort(rows)], dtype=np.float32)), dim=-1)
-    ids = torch.from_numpy(np.sort(rows).astype(np.int64))
+    ids = np.sort(rows).astype(np.int64)
+    x = F.normalize(torch.from_numpy(np.asarray(emb[ids], dtype=np.float32)), dim=-1)
+    ids = torch.from_numpy(ids)
     out = []
     for s in range(0, len(x), chunk):
         sims = x[s : s + chunk] @ x.T  # (c, n)
@@ -78,7 +79,8 @@ def source_rows(paths: DataPaths, row_of: dict[str, int], sources: list[str]) ->
     for name in sources:
         f = paths.text_dir / f"{name}.tsv.gz"
         if not f.is_file():
-            raise FileNotFoundError(f"no text source {f}; available: {sorted(p.name for p in paths.text_dir.glob('*.tsv.gz'))}")
+            available = sorted(p.name for p in paths.text_dir.glob("*.tsv.gz"))
+            raise FileNotFoundError(f"no text source {f}; available: {available}")
         rows.update(row_of[t] for t in (s.strip() for s in iter_text_sentences(f)) if t in row_of)
     return np.asarray(sorted(rows), dtype=np.int64)
 

@@ -181,10 +181,12 @@ class TeacherTargets:
     def sample_pairs(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` near pairs: (first sides then second sides, 2k texts; (2k, 384) float32 embeddings)."""
         pick = self.pairs[rng.sample(range(len(self.pairs)), k)]
-        idx = np.concatenate((pick[:, 0], pick[:, 1]))
-        return [self._texts[i] for i in idx], torch.from_numpy(np.asarray(self.embeddings[idx], dtype=np.float32))
+        return self._rows(np.concatenate((pick[:, 0], pick[:, 1])))
 
     def sample(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` distinct rows: (texts, (k, 384) float32 teacher embeddings)."""
-        idx = sorted(rng.sample(range(self.n), k))
+        return self._rows(sorted(rng.sample(range(self.n), k)))
+
+    def _rows(self, idx) -> tuple[list[str], torch.Tensor]:
+        """The texts and (len(idx), 384) float32 teacher embeddings of cache rows ``idx``."""
         return [self._texts[i] for i in idx], torch.from_numpy(np.asarray(self.embeddings[idx], dtype=np.float32))
