@@ -48,3 +48,16 @@ def wait_ready(base_url: str, alive: Callable[[], bool] = lambda: True, timeout_
             pass
         assert alive() and time.monotonic() < deadline, f"server at {base_url} did not become ready {why()}"
         time.sleep(0.3)
+
+
+def nan_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """A copy of ``checkpoint`` with one NaN in the encoder's weights, saved to ``out``."""
+    import torch
+
+    from model.encoder import SentenceEncoder
+
+    model = SentenceEncoder.from_pretrained(checkpoint)
+    with torch.no_grad():
+        next(model.encoder.parameters()).view(-1)[0] = float("nan")
+    model.save_pretrained(out)
+    return out

@@ -23,7 +23,7 @@ from app.schemas import ErrorResponse
 from app.settings import Settings
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
-from conftest import TINY_VOCAB
+from conftest import TINY_VOCAB, nan_checkpoint
 
 torch.set_num_threads(1)
 
@@ -266,15 +266,6 @@ async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
         assert sent == []  # nobody to answer
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="499") == 1
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="500") == 0
-
-
-def nan_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """A copy of ``checkpoint`` with one NaN in the encoder's weights."""
-    model = SentenceEncoder.from_pretrained(checkpoint)
-    with torch.no_grad():
-        next(model.encoder.parameters()).view(-1)[0] = float("nan")
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.mark.anyio

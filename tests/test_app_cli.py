@@ -17,7 +17,7 @@ import pytest
 
 from app.cli import OPTIONS, apply_options, build_parser
 from bench.common import free_port
-from conftest import wait_ready
+from conftest import nan_checkpoint, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PETE_SERVE = Path(sys.executable).parent / "pete-serve"
@@ -91,15 +91,9 @@ def test_make_serve_honours_pete_host_and_port_and_make_variables_win(env, args,
 
 
 def test_a_checkpoint_with_nan_weights_stops_start_up_with_a_clear_message(tmp_path):
-    import torch
-
-    from model.encoder import SentenceEncoder
     from reliability.common import build_checkpoint
 
-    model = SentenceEncoder.from_pretrained(build_checkpoint(tmp_path / "tiny"))
-    with torch.no_grad():
-        next(model.encoder.parameters()).view(-1)[0] = float("nan")
-    model.save_pretrained(tmp_path / "nan")
+    nan_checkpoint(build_checkpoint(tmp_path / "tiny"), tmp_path / "nan")
     r = run("--model", str(tmp_path / "nan"), "--port", str(free_port()), env={"PETE_TORCH_THREADS": "1"}, timeout=120)
     assert r.returncode != 0
     assert "checkpoint's weights are corrupt (non-finite)" in r.stdout + r.stderr

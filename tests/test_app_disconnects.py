@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from reliability.common import ServerProcess, build_checkpoint
+from reliability.common import ServerProcess, build_checkpoint, metric, parse_metrics
 
 
 def test_pipelined_requests_then_disconnect_log_no_trace_and_count_499(tmp_path):
@@ -27,8 +27,7 @@ def test_pipelined_requests_then_disconnect_log_no_trace_and_count_499(tmp_path)
         text = httpx.get(f"http://127.0.0.1:{srv.port}/metrics", timeout=10).text
         log = srv.log_tail(100_000)
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
-    count = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-             if line.startswith("pete_request_duration_seconds_count")}
-    assert count.get('pete_request_duration_seconds_count{endpoint="/similarity",status="499"}', 0) >= rounds
-    assert not [k for k in count if 'status="5' in k], count
+    samples = parse_metrics(text)
+    assert metric(samples, "pete_request_duration_seconds_count", endpoint="/similarity", status="499") >= rounds
+    assert not [k for k in samples if k.startswith("pete_request_duration_seconds_count") and 'status="5' in k]
     assert "pete_rejected_requests_total{" not in text  # no internal_error (nor anything else) counted

@@ -15,7 +15,7 @@ import pytest
 from app.cli import metrics_directory
 from bench.common import free_port
 from conftest import wait_ready
-from reliability.common import build_checkpoint
+from reliability.common import build_checkpoint, parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PETE_SERVE = Path(sys.executable).parent / "pete-serve"
@@ -35,9 +35,8 @@ RENDER = "from app.metrics import Metrics; print(Metrics().render()[0].decode())
 
 
 def sample(text: str, series: str) -> float:
-    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
-    assert len(lines) == 1, (series, lines)
-    return float(lines[0].split()[-1])
+    """The value of one exposed series (KeyError when it is not there)."""
+    return parse_metrics(text)[series]
 
 
 def test_counters_from_two_worker_processes_read_as_their_sum(tmp_path):

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bench.common import free_port
+from bench.readme_examples import same
 from conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_serv
         for path, body in (("/similarity", SIM), ("/nli", NLI)):
             got = httpx.post(f"{url}{path}", json=body, timeout=30).json()
             want = httpx.post(f"{bundled_server}{path}", json=body, timeout=30).json()
-            assert json.dumps(got) == json.dumps(want) or _close(got, want), (path, got, want)
+            assert same(want, got, tol=1e-6), (path, got, want)
         assert sh(engine, "exec", name, "id", "-u").stdout.strip() == "10001"
         health = json.loads(sh(engine, "inspect", "--format", "{{json .Config.Healthcheck}}", name).stdout)
         assert health and "/healthz" in " ".join(health["Test"]), health  # kept: built in the docker format
@@ -72,16 +73,6 @@ def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_serv
         assert "Application shutdown complete" in logs
     finally:
         sh(engine, "rm", "-f", name, check=False)
-
-
-def _close(a, b, tol: float = 1e-6) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, float):
-        return abs(a - b) <= tol
-    return a == b
 
 
 def test_image_report_is_what_make_image_measured():
