@@ -90,10 +90,15 @@ def checked_settings():
     return settings
 
 
-def main(argv: list[str] | None = None) -> int:
+APP_FACTORY = "app.main:create_app"
+
+
+def main(argv: list[str] | None = None, factory: str = APP_FACTORY) -> int:
     """Console entry ``pete-serve``: parse options, check the settings, run uvicorn with the app factory.
 
-    Returns 0 after a clean stop (SIGTERM or Ctrl-C drains in-flight requests first); exits 2 on a bad
+    ``factory``: the ``module:function`` uvicorn imports in each worker (an import string, so that
+    several workers can build their own app); tools that serve a variant of the app pass their own
+    (``reliability.harness``). Returns 0 after a clean stop (SIGTERM or Ctrl-C drains in-flight requests first); exits 2 on a bad
     option, setting or checkpoint path.
     """
     args = build_parser().parse_args(argv)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # default handler the process would die by SIGTERM (status 143) after a clean drain. Exit 0 instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with metrics_directory(settings.workers):
-        uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+        uvicorn.run(factory, factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level=settings.log_level,
                     timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s))
     return 0

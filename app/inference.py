@@ -1,6 +1,7 @@
 """Model side of a batch: tokenizer -> encoder -> head, on the inference thread.
 
-``ModelRunner`` is the batcher's ``compute``: it turns a list of ``WorkItem``s into one output each.
+``TorchRunner`` is the torch backend of the model-runner seam (``app.runner.ModelRunner``) and the
+batcher's ``compute``: it turns a list of ``WorkItem``s into one output each.
 Texts to embed (and, with the pair and align NLI heads, both sides of every NLI pair) are tokenized
 together, sorted by length and split into forward passes of at most ``max_batch_size`` sequences and
 ``max_batch_tokens`` padded tokens; cross-head NLI pairs are tokenized jointly and encoded the same
@@ -14,6 +15,7 @@ difference moves a value across an int8 rounding boundary).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,7 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from app.batching import WorkItem
+from app.runner import PassObserver, RunnerInfo
+from app.settings import Settings
 from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch, mean_pool_packed, pad_states
+from model.quantize import resolve_quantization
 
 
 class NonFiniteOutput(RuntimeError):
@@ -63,28 +68,87 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.dot(a64, b64) / denom, -1.0, 1.0))
 
 
-class ModelRunner:
-    """Computes a batch of ``WorkItem``s with a ``SentenceEncoder``; the batcher's ``compute``.
+class TorchRunner:
+    """The torch backend of the model-runner seam: a ``SentenceEncoder`` computing batches of
+    ``WorkItem``s (the batcher's ``compute``).
 
     Args:
-        model: the loaded encoder (eval mode).
+        model_path: the checkpoint directory, read by ``load_model`` in ``load()``.
         max_tokens: token limit per sequence, special tokens included (capped by ``config.max_len``).
         max_batch_size: most sequences per forward pass.
         max_batch_tokens: most padded tokens (rows x longest row) per forward pass; a single longer
             row still gets its own pass.
+        quantize: ``"none"``, ``"int8"`` (``SentenceEncoder.quantize``) or ``"auto"`` (int8 where this
+            CPU runs it faster: ``model.quantize.resolve_quantization``), applied at load.
+        materialize: precompute the PETE embedding table at load (before quantizing).
+        threads: torch intra-op threads set at load (0: torch's default).
         observe_pass: ``observe_pass(sequences, padded_tokens)`` after each forward pass (metrics).
+        load_model: ``load_model(model_path)`` returns the model (default
+            ``SentenceEncoder.from_pretrained``; anything with the same inference interface works,
+            e.g. the benchmark's MiniLM wrapper).
     Not thread-safe (the tokenizer's truncation setting is shared): call from one thread only.
     """
 
-    def __init__(self, model: SentenceEncoder, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
-                 observe_pass: Callable[[int, int], None] | None = None) -> None:
-        self.model = model
-        self.max_tokens = min(max_tokens, model.config.max_len)
+    def __init__(self, model_path: str | Path | None, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
+                 quantize: str = "none", materialize: bool = False, threads: int = 0,
+                 observe_pass: PassObserver | None = None,
+                 load_model: Callable[[Path], SentenceEncoder] = SentenceEncoder.from_pretrained) -> None:
+        self.model_path = None if model_path is None else Path(model_path)
+        self.requested_max_tokens = max_tokens
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.quantize, self.materialize, self.threads = quantize, materialize, threads
         self.observe_pass = observe_pass
+        self.load_model = load_model
+        self.model: SentenceEncoder | None = None
+        self.materialized = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, observe_pass: PassObserver | None = None,
+                      **overrides) -> "TorchRunner":
+        """The service's default ``RunnerFactory``: limits, quantization, materialization and threads
+        from ``settings``; ``overrides`` (e.g. ``load_model``) passed on."""
+        return cls(settings.model_path, max_tokens=settings.max_tokens_per_text,
+                   max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+                   quantize=settings.quantize, materialize=settings.materialize_embeddings,
+                   threads=settings.torch_threads, observe_pass=observe_pass, **overrides)
+
+    @classmethod
+    def for_model(cls, model: SentenceEncoder, **limits) -> "TorchRunner":
+        """A loaded runner around a model in hand, used as it is (no quantizing or materializing):
+        for tests and benchmarks. ``limits``: ``max_tokens``, ``max_batch_size``, ``max_batch_tokens``
+        and optionally ``observe_pass``."""
+        runner = cls(None, load_model=lambda _: model, **limits)
+        runner.load()
+        return runner
+
+    def load(self) -> None:
+        """Load the model, then materialize (float32 table first) and quantize as configured.
+
+        Raises:
+            FileNotFoundError, ValueError: from ``load_model`` (missing or unreadable checkpoint file).
+        """
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model = self.load_model(self.model_path)
+        if self.materialize:
+            self.materialized = model.materialize_embeddings()
+        model.quantize(resolve_quantization(self.quantize, model.config.dim, model.config.ffn_dim))
+        self.model = model
+        self.max_tokens = min(self.requested_max_tokens, model.config.max_len)
         self.separate = not model.nli_joint  # NLI sides encoded alone, like texts to embed
         self.align = model.config.nli_head == "align"
+
+    def parameter_counts(self) -> dict[str, int]:
+        """The model's ``{"total", "embedding", "encoder", "nli_head"}`` parameter counts."""
+        return self.model.parameter_counts()
+
+    def info(self) -> RunnerInfo:
+        """Facts about the loaded model for /info and the metrics."""
+        cfg = self.model.config
+        return RunnerInfo(embedding_kind=cfg.embedding, nli_head=cfg.nli_head, dimensions=cfg.dim,
+                          max_tokens_per_text=self.max_tokens, model_bytes=model_nbytes(self.model),
+                          materialized_embeddings=self.materialized, quantization=self.model.quantization)
 
     def __call__(self, items: list[WorkItem]) -> list[EmbedOutput | NliOutput | NonFiniteOutput]:
         """One output per item, in order; an item whose output is not finite gets a ``NonFiniteOutput``
@@ -165,14 +229,14 @@ class ModelRunner:
             RuntimeError: an output of the wrong shape.
         """
         text = "A man is playing a guitar."
-        emb, nli = self.compute([WorkItem("embed", text), WorkItem("nli", text, "Someone plays music.")], record=False)
-        for o in (emb, nli):
+        embed_out, nli = self.compute([WorkItem("embed", text), WorkItem("nli", text, "Someone plays music.")], record=False)
+        for o in (embed_out, nli):
             if isinstance(o, NonFiniteOutput):
                 raise NonFiniteOutput("the model gives NaN/Inf for a plain sentence: the checkpoint's weights are "
                                       "corrupt (non-finite)")
-        if emb.vector.shape != (self.model.config.dim,) or nli.probabilities.shape != (3,) \
+        if embed_out.vector.shape != (self.model.config.dim,) or nli.probabilities.shape != (3,) \
                 or abs(float(nli.probabilities.sum()) - 1) > 1e-3:
-            raise RuntimeError(f"unexpected output shapes: vector {emb.vector.shape}, "
+            raise RuntimeError(f"unexpected output shapes: vector {embed_out.vector.shape}, "
                                f"probabilities {nli.probabilities.shape}")
 
     # ---- helpers --------------------------------------------------------------------------

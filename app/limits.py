@@ -21,11 +21,11 @@ def check_limits(settings: Settings, field: str, count: int, texts: Iterable[tup
         count: its length.
         texts: ``(dotted field path, text)`` for every text of the request.
     Raises:
-        TooManyItems: ``count > max_pairs_per_request`` (413).
+        TooManyItems: ``count > max_items_per_request`` (413).
         InvalidInput: a text longer than ``max_chars_per_text`` characters (422).
     """
-    if count > settings.max_pairs_per_request:
-        raise TooManyItems(f"at most {settings.max_pairs_per_request} items per request, got {count}", field=field)
+    if count > settings.max_items_per_request:
+        raise TooManyItems(f"at most {settings.max_items_per_request} items per request, got {count}", field=field)
     for path, text in texts:
         if len(text) > settings.max_chars_per_text:
             raise InvalidInput(f"text longer than {settings.max_chars_per_text} characters", field=path)

@@ -18,7 +18,8 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimitMiddleware, LoadSheddingMiddleware, RequestMetricsMiddleware
 from app.routes import MIN_QUEUE_ITEMS, route_paths, router
-from app.service import BatchHook, Service
+from app.runner import RunnerFactory
+from app.service import Service
 from app.settings import Settings
 
 __version__ = "0.1.0"
@@ -42,20 +43,20 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, *, before_batch: BatchHook | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None = None) -> FastAPI:
     """Build the FastAPI app; cheap: nothing is loaded until the lifespan starts.
 
     Args:
         settings: defaults to ``Settings()`` (from ``PETE_*`` environment variables).
-        before_batch: test seam (see ``app.service.Service``): called on the inference thread with
-            each batch before the model runs; may sleep or raise. Not a production switch.
+        runner: builds the model runner (``app.runner``: the seam for backends, baselines and fault
+            injection); default: the torch backend (``app.inference.TorchRunner``).
     Raises:
         pydantic.ValidationError: invalid settings in the environment.
     """
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level)
     metrics = Metrics()
-    service = Service(settings, metrics, before_batch=before_batch)
+    service = Service(settings, metrics, runner=runner)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

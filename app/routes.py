@@ -88,9 +88,9 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsRes
     texts = body.input
     check_limits(svc.settings, "input", len(texts), ((f"input.{i}", t) for i, t in enumerate(texts)))
     if body.dimensions is not None:
-        if svc.model is None:
+        if svc.model_info is None:
             raise NotReady()
-        if body.dimensions != (dims := svc.model.config.dim):
+        if body.dimensions != (dims := svc.model_info.dimensions):
             raise InvalidInput(f"this model's vectors have {dims} dimensions; omit dimensions or send {dims}",
                                field="dimensions")
     outs = await svc.run([WorkItem("embed", t) for t in texts], _disconnect_watcher(request))
@@ -120,15 +120,16 @@ async def readyz(request: Request):
             summary="Model and limits")
 async def info(request: Request) -> InfoResponse:
     svc = _service(request)
-    if svc.model is None or svc.runner is None:
+    if svc.model_info is None:
         raise NotReady()
-    s, cfg = svc.settings, svc.model.config
+    s, m = svc.settings, svc.model_info
     return InfoResponse(
-        model=svc.model_name, embedding_kind=cfg.embedding, nli_head=cfg.nli_head, dimensions=cfg.dim,
-        parameters=Parameters(**svc.model.parameter_counts()), model_bytes=svc.model_bytes,
-        materialized_embeddings=svc.materialized, quantization=svc.model.quantization, labels=list(NLI_LABELS),
-        limits=Limits(max_pairs_per_request=s.max_pairs_per_request, max_chars_per_text=s.max_chars_per_text,
-                      max_tokens_per_text=svc.runner.max_tokens, max_body_bytes=s.max_body_bytes,
+        model=svc.model_name, embedding_kind=m.embedding_kind, nli_head=m.nli_head, dimensions=m.dimensions,
+        parameters=Parameters(**svc.runner.parameter_counts()), model_bytes=m.model_bytes,
+        materialized_embeddings=m.materialized_embeddings, quantization=m.quantization, labels=list(NLI_LABELS),
+        limits=Limits(max_items_per_request=s.max_items_per_request, max_pairs_per_request=s.max_items_per_request,
+                      max_chars_per_text=s.max_chars_per_text,
+                      max_tokens_per_text=m.max_tokens_per_text, max_body_bytes=s.max_body_bytes,
                       request_timeout_s=s.request_timeout_s),
         auth_required=s.api_key is not None)
 

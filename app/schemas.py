@@ -34,7 +34,7 @@ class TextPair(_Request):
 
 
 class SimilarityRequest(_Request):
-    pairs: list[TextPair] = Field(min_length=1, description="Pairs to score (at most max_pairs_per_request).")
+    pairs: list[TextPair] = Field(min_length=1, description="Pairs to score (at most max_items_per_request).")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pairs": [
         {"text_a": "A man is playing a guitar.", "text_b": "Someone plays an instrument."},
@@ -59,7 +59,7 @@ class NliPair(_Request):
 
 
 class NliRequest(_Request):
-    pairs: list[NliPair] = Field(min_length=1, description="Pairs to classify (at most max_pairs_per_request).")
+    pairs: list[NliPair] = Field(min_length=1, description="Pairs to classify (at most max_items_per_request).")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pairs": [
         {"premise": "A man is playing a guitar on stage.", "hypothesis": "A man is performing music."}]}]})
@@ -103,7 +103,7 @@ class EmbeddingsRequest(_Request):
     accepted only when it equals the model's, ``encoding_format`` float or base64."""
 
     input: OneOrMoreTexts = Field(
-        description="A text, or a list of texts (at most max_pairs_per_request); a single text is input 0 "
+        description="A text, or a list of texts (at most max_items_per_request); a single text is input 0 "
                     "(errors name it `input.0`).",
         examples=[["A man is playing a guitar.", "A cat sleeps."]])
     model: str | None = Field(None, description="Accepted for OpenAI clients and ignored: the response names the "
@@ -155,7 +155,10 @@ class Parameters(BaseModel):
 
 
 class Limits(BaseModel):
-    max_pairs_per_request: int
+    max_items_per_request: int = Field(description="Most pairs (/similarity, /nli) or inputs (/embeddings) "
+                                                   "in one request.")
+    max_pairs_per_request: int = Field(description="Deprecated: the same value as max_items_per_request "
+                                                   "(its former name), kept for existing clients.")
     max_chars_per_text: int
     max_tokens_per_text: int
     max_body_bytes: int

@@ -11,18 +11,13 @@ import gc
 import logging
 from typing import Any, Awaitable, Callable
 
-import torch
-
 from app.batching import MicroBatcher, WorkItem
 from app.errors import ClientDisconnected, NotReady, ShuttingDown
-from app.inference import ModelRunner, model_nbytes
 from app.metrics import Metrics
+from app.runner import ModelRunner, RunnerFactory, RunnerInfo
 from app.settings import Settings
-from model.encoder import SentenceEncoder
 
 log = logging.getLogger("pete.service")
-
-BatchHook = Callable[[list[WorkItem]], None]
 
 
 def release_free_heap() -> bool:
@@ -37,26 +32,30 @@ def release_free_heap() -> bool:
         return False
 
 
+def default_runner(settings: Settings, observe_pass) -> ModelRunner:
+    """The default ``RunnerFactory``: the torch backend (imported here, so that the service module
+    itself needs no torch)."""
+    from app.inference import TorchRunner
+
+    return TorchRunner.from_settings(settings, observe_pass)
+
+
 class Service:
-    """Holds settings, metrics, the model, the runner and the batcher.
+    """Holds settings, metrics, the model runner and the batcher.
 
     Args:
         settings: the service settings.
         metrics: the app's metrics.
-        before_batch: test seam, not a production switch: called on the inference thread with each
-            batch's items just before the model runs; it may sleep (slowness) or raise (a failing
-            batch). Warm-up does not go through it.
+        runner: builds the model runner (``app.runner``); default ``default_runner`` (torch).
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, before_batch: BatchHook | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, runner: RunnerFactory | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.before_batch = before_batch
-        self.model: SentenceEncoder | None = None
+        self.runner_factory = runner or default_runner
         self.runner: ModelRunner | None = None
+        self.model_info: RunnerInfo | None = None
         self.batcher: MicroBatcher | None = None
-        self.materialized = False
-        self.model_bytes = 0
         self.ready = False
         self.draining = False
 
@@ -66,35 +65,22 @@ class Service:
         return self.settings.model_name or self.settings.model_path.name
 
     async def start(self) -> None:
-        """Load the checkpoint (in a thread), warm up at the max batch size, start the batcher, and
-        only then mark the service ready.
+        """Load the model (in a thread), warm up at the max batch size, start the batcher, and only
+        then mark the service ready.
 
         Raises:
             FileNotFoundError: the checkpoint directory lacks a file.
+            app.inference.NonFiniteOutput: the model answers NaN/Inf.
         """
         s = self.settings
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
         log.info("loading model from %s", s.model_path)
-        self.model = await asyncio.to_thread(SentenceEncoder.from_pretrained, s.model_path)
-        if s.materialize_embeddings:  # before quantizing: the table is computed in float32
-            self.materialized = await asyncio.to_thread(self.model.materialize_embeddings)
-        await asyncio.to_thread(self.model.quantize, s.quantize)
-        self.runner = ModelRunner(self.model, max_tokens=s.max_tokens_per_text, max_batch_size=s.max_batch_size,
-                                  max_batch_tokens=s.max_batch_tokens, observe_pass=self.metrics.observe_pass)
-        compute: Callable[[list[WorkItem]], list[Any]] = self.runner
-        if self.before_batch is not None:
-            hook, runner = self.before_batch, self.runner
-
-            def compute(items: list[WorkItem]) -> list[Any]:
-                hook(items)
-                return runner(items)
-
-        self.batcher = MicroBatcher(compute, max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
+        runner = self.runner_factory(s, self.metrics.observe_pass)
+        await asyncio.to_thread(runner.load)
+        self.batcher = MicroBatcher(runner, max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
                                     capacity=s.queue_capacity, metrics=self.metrics)
-        await self.batcher.run_sync(self.runner.warmup)
-        self.model_bytes = model_nbytes(self.model)
-        self.metrics.set_model(self.model.parameter_counts(), self.model_bytes)
+        await self.batcher.run_sync(runner.warmup)
+        self.runner, self.model_info = runner, runner.info()
+        self.metrics.set_model(runner.parameter_counts(), self.model_info.model_bytes)
         self.batcher.start()
         # Move everything loaded so far (torch, the model, ~200k objects) out of the collector's
         # reach: otherwise each full (gen-2) collection walks it all and stalls the event loop for
@@ -103,8 +89,8 @@ class Service:
         gc.freeze()
         release_free_heap()  # the warm-up's activations were freed; give their pages back to the OS
         self.ready = True
-        log.info("ready: model %s (%s embedding, %s NLI head)", self.model_name, self.model.config.embedding,
-                 self.model.config.nli_head)
+        log.info("ready: model %s (%s embedding, %s NLI head)", self.model_name, self.model_info.embedding_kind,
+                 self.model_info.nli_head)
 
     async def stop(self) -> None:
         """Refuse new work (503), finish accepted work within ``shutdown_timeout_s``. Idempotent."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "default"
@@ -34,11 +34,15 @@ class Settings(BaseSettings):
         False, description="Precompute the PETE embedding table at load (V*d*4 more bytes); ignored for "
                            "embedding kinds without one. Off by default: bench/results/serving.md measured "
                            "no speed-up (the MLP runs once per distinct id of a batch) and ~75 MB more RSS.")
-    quantize: Literal["none", "int8"] = Field(
-        "int8", description="`int8`: the encoder's linear layers run as int8 (per-channel weights, "
+    quantize: Literal["auto", "none", "int8"] = Field(
+        "auto", description="`int8`: the encoder's linear layers run as int8 (per-channel weights, "
                             "per-token activations: model/quantize.py, SentenceEncoder.quantize) from load on; "
-                            "faster on CPU, answers independent of batch-mates, STS-B test within 0.5 Spearman "
-                            "points (model/checkpoints/default/int8/REPORT.md). `none`: serve float32.")
+                            "answers independent of batch-mates, STS-B test within 0.5 Spearman points "
+                            "(model/checkpoints/default/int8/REPORT.md); faster only on CPUs with int8 "
+                            "dot-product instructions (AVX512-VNNI, AMX), many times slower on AVX2-only "
+                            "ones. `none`: serve float32. `auto`: int8 where a start-up measurement on the "
+                            "model's layer shape finds it faster (model.quantize.resolve_quantization), "
+                            "else float32; /info says which.")
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default (one per core). 1 "
                              "measured best (bench/results/torch_threads: the event loop needs a core of its "
@@ -67,9 +71,11 @@ class Settings(BaseSettings):
                                 "pair or an embedding input 1); a request that does not fit gets 429.")
 
     # ---- request limits ---------------------------------------------------------------------
-    max_pairs_per_request: int = Field(
-        64, ge=1, description="Most pairs in one /similarity or /nli request, and most inputs in one "
-                              "/embeddings request; more gets 413.")
+    max_items_per_request: int = Field(
+        64, ge=1, validation_alias=AliasChoices("max_items_per_request", "PETE_MAX_ITEMS_PER_REQUEST",
+                                                "PETE_MAX_PAIRS_PER_REQUEST"),
+        description="Most items in one request: pairs in /similarity or /nli, inputs in /embeddings; more "
+                    "gets 413. (PETE_MAX_PAIRS_PER_REQUEST, its former name, is still read.)")
     max_chars_per_text: int = Field(
         10_000, ge=1, description="Longest text, in characters; a longer one gets 422 naming the field.")
     max_tokens_per_text: int = Field(
@@ -106,7 +112,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> "Settings":
-        if self.queue_capacity < 2 * self.max_pairs_per_request:
-            raise ValueError("queue_capacity must be at least 2 * max_pairs_per_request, "
+        if self.queue_capacity < 2 * self.max_items_per_request:
+            raise ValueError("queue_capacity must be at least 2 * max_items_per_request, "
                              "or a full /similarity request could never be accepted")
         return self

@@ -42,19 +42,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, machine_info, markdown_table, write_json
+from bench.common import DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, markdown_table
+from loadtest.results import machine_info, write_json
+from model.embeddings import EMBEDDINGS
 
-KINDS = ("fourier", "fourier_ref", "fourier_geo", "fourier_hash", "factorized", "hashed", "hashed_notable", "learned")
-DESCRIPTIONS = {
-    "fourier": "PETE as the paper writes it (x = 2p/(V-1) - 1, linear frequency ladder)",
-    "fourier_ref": "PETE as the reference code computes it (x = 2p/127 - 1: ids p, p+127 collide)",
-    "fourier_geo": "PETE, geometric frequency ladder on the raw id (ours)",
-    "fourier_hash": "geometric PETE + a 1024-bucket hashed table (ours)",
-    "factorized": "ALBERT factorized table (V x 64, then 64 x d)",
-    "hashed": "HashFormers-style: 2 hashes into 2048 shared buckets, summed",
-    "hashed_notable": "HashFormers-style, no table: 128 hash bits projected to d",
-    "learned": "learned V x d table (reference)",
-}
+KINDS = tuple(EMBEDDINGS)  # every registered kind (model/embeddings.py), in registry order
+DESCRIPTIONS = {k: kind.description for k, kind in EMBEDDINGS.items()}
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (\w+) step (\d+)/(\d+) "
                        r".*\((\d+(?:\.\d+)?)s/step(?:, [^)]*)?\)\s*$")
 

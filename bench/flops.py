@@ -9,10 +9,10 @@
    and divided by the measured time of ``model.embed`` on realistic batches (STS-B test sentences
    in random order, as concurrent requests bring them, tokenized like the service does) -> achieved
    FLOP/s and its fraction of the best matmul rate measured at the same thread count. The same work timed
-   through ``ModelRunner`` (tokenize + encode + copy out, i.e. the service's batch compute) gives the
+   through ``TorchRunner`` (tokenize + encode + copy out, i.e. the service's batch compute) gives the
    fraction the serving path reaches.
 3. The profile: cProfile (Python-level hot spots) and ``torch.profiler`` (operator-level) of
-   ``ModelRunner`` computing realistic batches.
+   ``TorchRunner`` computing realistic batches.
 
 FLOP counting (``encoder_forward_flops``), per forward of B sequences padded to T tokens, N of
 them real (N = B*T for a padded encoder, which computes the padding too):
@@ -20,9 +20,10 @@ them real (N = B*T for a padded encoder, which computes the padding too):
 - linear layers: 2 * P_lin * N, with P_lin = n_layers * (4 d^2 + m * d * f) the weights a token
   meets (qkv 3d^2, out d^2, feed-forward m*d*f: m = 3 for GeGLU (up 2f, down f), 2 for BERT's FFN);
 - attention: n_layers * 4 * B * T^2 * d (Q K^T and A V, all heads together);
-- embedding: 0 for a table lookup (a materialized PETE table included); when PETE is computed per
-  request its MLP runs once per distinct id in the batch: 4 * d * h * U (U distinct ids), and a
-  factorized / hash-signature embedding projects every token (2 * E * d per token, N tokens).
+- embedding: each kind's own count (``flops`` of its class in ``model/embeddings.py``): 0 for a table
+  lookup (a materialized PETE table included); when PETE is computed per request its MLP runs once
+  per distinct id in the batch: 4 * d * h * U (U distinct ids); a factorized / hash-signature
+  embedding projects every token (2 * E * d per token, N tokens).
 
 An int8-quantized model (``SentenceEncoder.quantize``) does the same arithmetic in int8; its rows
 show fp32-equivalent FLOP/s against the fp32 peak (they can pass 100%).
@@ -41,20 +42,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, load_sentence_pairs, machine_info,
-                          markdown_table, write_json)
+from bench.common import DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, load_sentence_pairs, markdown_table
+from loadtest.results import machine_info, write_json
 
 
 # ---- analytic FLOP count ---------------------------------------------------------------------------
 def flop_spec(model: Any) -> dict[str, Any]:
     """The shape facts ``encoder_forward_flops`` needs, from a ``SentenceEncoder`` (or anything with
-    the same ``config``; ``ffn_matrices`` attribute: 3 for GeGLU, 2 for a plain FFN)."""
+    the same ``config``; ``ffn_matrices`` attribute: 3 for GeGLU, 2 for a plain FFN;
+    ``flops_embedding_kind``: the registry kind whose FLOPs its embedding has, when its own kind is
+    not in ``model.embeddings.EMBEDDINGS``)."""
     cfg = model.config
-    opts = dict(getattr(cfg, "embedding_options", {}) or {})
     return {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "n_layers": cfg.n_layers,
-            "ffn_matrices": getattr(model, "ffn_matrices", 3), "embedding": cfg.embedding,
-            "mlp_hidden": opts.get("mlp_hidden", 256), "factor_dim": opts.get("factor_dim", 64),
-            "num_bits": opts.get("num_bits", 128),
+            "ffn_matrices": getattr(model, "ffn_matrices", 3),
+            "embedding": getattr(model, "flops_embedding_kind", cfg.embedding),
+            "embedding_options": dict(getattr(cfg, "embedding_options", {}) or {}),
             "packed": hasattr(getattr(model, "encoder", None), "forward_packed")}
 
 
@@ -65,15 +67,13 @@ def linear_params_per_token(spec: dict[str, Any]) -> int:
 
 
 def embedding_flops(spec: dict[str, Any], tokens: int, unique_ids: int, materialized: bool) -> int:
-    """FLOPs of the token embedding for a batch of ``tokens`` tokens with ``unique_ids`` distinct ids."""
-    kind, d = spec["embedding"], spec["dim"]
-    if kind.startswith("fourier"):
-        return 0 if materialized else 4 * d * spec["mlp_hidden"] * unique_ids
-    if kind == "factorized":
-        return 2 * spec["factor_dim"] * d * tokens
-    if kind == "hashed_notable":
-        return 2 * spec["num_bits"] * d * tokens
-    return 0  # learned / hashed tables, BERT's word table: lookups
+    """FLOPs of the token embedding for a batch of ``tokens`` tokens with ``unique_ids`` distinct ids:
+    the embedding kind's own count (``model.embeddings.embedding_flops``; ValueError for a kind the
+    registry does not know)."""
+    from model.embeddings import embedding_flops as kind_flops
+
+    return kind_flops(spec["embedding"], spec["dim"], tokens, unique_ids, materialized,
+                      **spec.get("embedding_options", {}))
 
 
 def encoder_forward_flops(spec: dict[str, Any], batch: int, seq_len: int, *, real_tokens: int | None = None,
@@ -89,8 +89,8 @@ def encoder_forward_flops(spec: dict[str, Any], batch: int, seq_len: int, *, rea
         tokens = real_tokens
     linear = 2 * linear_params_per_token(spec) * tokens
     attention = spec["n_layers"] * 4 * batch * seq_len * seq_len * spec["dim"]
-    emb = embedding_flops(spec, tokens, tokens if unique_ids is None else unique_ids, materialized)
-    return {"linear": linear, "attention": attention, "embedding": emb, "total": linear + attention + emb}
+    embedding = embedding_flops(spec, tokens, tokens if unique_ids is None else unique_ids, materialized)
+    return {"linear": linear, "attention": attention, "embedding": embedding, "total": linear + attention + embedding}
 
 
 # ---- the machine ---------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def batches_of(texts: Sequence[str], batch_size: int, count: int, seed: int = 0)
 
 def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, threads: int, seconds: float = 2.0,
                     n_batches: int = 8, max_tokens: int = 128, materialized: bool = True) -> dict[str, Any]:
-    """Achieved FLOP/s of ``model.embed`` and of the service's batch compute (``ModelRunner``).
+    """Achieved FLOP/s of ``model.embed`` and of the service's batch compute (``TorchRunner``).
 
     Each batch is tokenized like the service does it (one pass, right-padded to the longest row).
     Returns FLOP counts per batch, achieved GFLOP/s of the encoder alone and of the runner
@@ -139,7 +139,7 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
     import torch
 
     from app.batching import WorkItem
-    from app.inference import ModelRunner
+    from app.inference import TorchRunner
 
     torch.set_num_threads(threads)
     spec = flop_spec(model)
@@ -170,7 +170,7 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
 
     with torch.inference_mode():
         t_embed = timed(lambda: [model.embed(tb.input_ids, tb.attention_mask) for tb in toks])
-    runner = ModelRunner(model, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=1 << 30)
+    runner = TorchRunner.for_model(model, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=1 << 30)
     items = [[WorkItem("embed", t) for t in b] for b in batches]
     t_runner = timed(lambda: [runner.compute(it, record=False) for it in items])
     n_seq = batch_size * n_batches
@@ -186,10 +186,10 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
 
 def set_materialized(model: Any, on: bool) -> bool:
     """Materialize (or drop) a PETE embedding table; returns whether the kind has one."""
-    emb = model.encoder.embedding if hasattr(model, "encoder") else None
-    if emb is None or not hasattr(emb, "materialize"):
+    embedding = model.encoder.embedding if hasattr(model, "encoder") else None
+    if embedding is None or not hasattr(embedding, "materialize"):
         return False
-    emb.materialize() if on else emb.dematerialize()
+    embedding.materialize() if on else embedding.dematerialize()
     return True
 
 
@@ -221,7 +221,7 @@ CPROFILE_COLUMNS = [("function", "function", lambda v: f"`{v}`"), ("ncalls", "ca
 
 def profile_runner(model: Any, texts: Sequence[str], *, batch_size: int, threads: int, iterations: int = 20,
                    top: int = 15, max_tokens: int = 128) -> dict[str, Any]:
-    """cProfile and torch.profiler of ``ModelRunner`` computing ``iterations`` realistic batches.
+    """cProfile and torch.profiler of ``TorchRunner`` computing ``iterations`` realistic batches.
 
     Returns {"cprofile": [{function, ncalls, tottime_s, cumtime_s, tottime_pct}], "torch_ops":
     [{op, calls, self_cpu_ms, self_cpu_pct}], "wall_s"} with the ``top`` entries of each by self time.
@@ -230,10 +230,10 @@ def profile_runner(model: Any, texts: Sequence[str], *, batch_size: int, threads
     from torch.profiler import ProfilerActivity, profile
 
     from app.batching import WorkItem
-    from app.inference import ModelRunner
+    from app.inference import TorchRunner
 
     torch.set_num_threads(threads)
-    runner = ModelRunner(model, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=8192)
+    runner = TorchRunner.for_model(model, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=8192)
     items = [[WorkItem("embed", t) for t in b] for b in batches_of(texts, batch_size, iterations)]
     runner.compute(items[0], record=False)  # warm-up
 
@@ -319,7 +319,7 @@ def flops_markdown(section: dict[str, Any], title_level: str = "##") -> str:
              "Machine fp32 matmul (torch.mm), GFLOP/s:\n",
              markdown_table(s["matmul_peak"] + s["matmul_shapes"],
                             [("m", "m"), ("k", "k"), ("n", "n"), ("threads", "threads"), ("gflops", "GFLOP/s")]),
-             "\nEncoder forward (`model.embed`) and the service batch compute (`ModelRunner`: tokenize + "
+             "\nEncoder forward (`model.embed`) and the service batch compute (`TorchRunner`: tokenize + "
              "encode), achieved GFLOP/s and fraction of the peak (the best matmul above at the same thread "
              "count). *table*: PETE embedding table materialized (yes) or computed per batch (no); *weights*: "
              "fp32, or int8 (fp32-equivalent FLOP/s, so the fraction can pass 100%):\n",
@@ -336,7 +336,7 @@ def flops_markdown(section: dict[str, Any], title_level: str = "##") -> str:
                  ("runner_seq_per_s", "runner seq/s", lambda v: f"{v:,.0f}")])]
     p = s.get("profile")
     if p:
-        lines += [f"\nProfile of `ModelRunner.compute` ({p['iterations']} batches of {p['batch_size']} texts, "
+        lines += [f"\nProfile of `TorchRunner.compute` ({p['iterations']} batches of {p['batch_size']} texts, "
                   f"{p['threads']} thread(s), {p['wall_s']:.2f} s under cProfile). Python-level hot spots "
                   "(cProfile, by own time):\n",
                   markdown_table(p["cprofile"], CPROFILE_COLUMNS),

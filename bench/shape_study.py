@@ -31,8 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine_info, markdown_table, write_json
+from bench.common import DEFAULT_DATA_DIR, RESULTS_DIR, markdown_table
 from bench.embedding_study import encode_throughput, prepare_vocab_perm, recipe_hash, train_run
+from loadtest.results import machine_info, write_json
 
 DEFAULT_SHAPES = "2x256/1024,3x224/768,4x192/640"
 SHAPE = re.compile(r"^(\d+)x(\d+)/(\d+)$")

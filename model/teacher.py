@@ -204,7 +204,7 @@ class TeacherCache:
         """
         texts = self.texts()
         end = min(self.rows, limit or self.rows)
-        emb = np.memmap(self.dir / "emb.f16", dtype=np.float16, mode="r+", shape=(self.rows, self.dim))
+        vectors = np.memmap(self.dir / "emb.f16", dtype=np.float16, mode="r+", shape=(self.rows, self.dim))
         start, t0 = self.done, time.perf_counter()
         i = start
         while i < end:
@@ -212,8 +212,8 @@ class TeacherCache:
             out = np.asarray(encode(texts[i:j]), dtype=np.float32)
             if out.shape != (j - i, self.dim) or not np.isfinite(out).all():
                 raise RuntimeError(f"teacher returned {out.shape} / non-finite values for rows {i}:{j}")
-            emb[i:j] = out.astype(np.float16)
-            emb.flush()
+            vectors[i:j] = out.astype(np.float16)
+            vectors.flush()
             self._set_done(j)
             i = j
             rate = (i - start) / (time.perf_counter() - t0)

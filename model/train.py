@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -49,10 +50,14 @@ def selection_score(stage: str, scores: dict) -> float:
 
 
 class Trainer:
-    """Runs the stages over one loop; owns the ``StageContext`` and the resumable state."""
+    """Runs the stages over one loop; owns the ``StageContext`` and the resumable state.
 
-    def __init__(self, cfg: TrainConfig, model: SentenceEncoder, data: TrainData) -> None:
-        self.cfg, self.model, self.data = cfg, model, data
+    ``stages``: the stage records by name (default ``model.stages.STAGES``; tests pass a table with a
+    stage's loss replaced)."""
+
+    def __init__(self, cfg: TrainConfig, model: SentenceEncoder, data: TrainData,
+                 stages: Mapping[str, Stage] = STAGES) -> None:
+        self.cfg, self.model, self.data, self.stages = cfg, model, data, stages
         self.out = cfg.out_dir
         perm_path = self.out / "vocab_perm.json"
         self.ctx = StageContext(cfg, model, data,
@@ -161,7 +166,7 @@ class Trainer:
         resume = self.load_state()
         while self.stage_idx < len(stages):
             name, steps = stages[self.stage_idx]
-            stage = STAGES[name]
+            stage = self.stages[name]
             self.run_stage(stage, steps, resume)
             resume = None
             if stage.evaluate:
@@ -208,8 +213,8 @@ def build_model(cfg: TrainConfig, data: TrainData) -> SentenceEncoder:
     return SentenceEncoder(config, tok)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``pete-train``."""
+def main(argv: list[str] | None = None, stages: Mapping[str, Stage] = STAGES) -> None:
+    """Entry point of ``pete-train`` (``stages``: see ``Trainer``)."""
     cfg = config_from_args(argv, __doc__)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     data = TrainData(cfg)
     model = build_model(cfg, data)
     log.info("model %s params %s", asdict(model.config), model.parameter_counts())
-    Trainer(cfg, model, data).run()
+    Trainer(cfg, model, data, stages).run()
 
 
 if __name__ == "__main__":

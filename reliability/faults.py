@@ -3,9 +3,9 @@
     .venv/bin/python -m reliability.faults                    # ~40 s
 
 (The in-process faults, an exception in one batch and one slow batch, are exact only with the
-``before_batch`` seam in the test's own event loop: tests/test_reliability_faults.py.)
+batch hook (model-runner seam) in the test's own event loop: tests/test_reliability_faults.py.)
 
-1. SIGTERM under load, ``--rounds`` times for each entry point (``pete-serve`` = ``app.main:main``;
+1. SIGTERM under load, ``--rounds`` times for each entry point (``pete-serve`` = ``app.cli.main``;
    ``uvicorn`` = ``uvicorn --factory ...``, the Dockerfile's command): ``--clients`` closed-loop
    clients send ``POST /similarity?rid=N`` (every request numbered) to a server whose every batch
    takes ``--batch-delay-ms`` longer (``RELIABILITY_BATCH_DELAY_MS``, so work is always queued and
@@ -28,12 +28,17 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reliability.common import (HOST, RESULTS_DIR, Conn, HttpError, ServerProcess, build_request, check, closed_loop,
-                                machine, metric, print_checks, request, resolve_model, scrape, similarity_bodies,
-                                write_json)
+from loadtest.fixtures import similarity_bodies
+from loadtest.http import Conn, HOST, HttpError, build_request, request
+from loadtest.load import closed_loop
+from loadtest.prom import metric, scrape
+from loadtest.results import machine_info, write_json
+from loadtest.server import ServerProcess
+from reliability.common import HARNESS_APP, RESULTS_DIR, check, print_checks, resolve_model
 
 _ACCESS = re.compile(r'"POST /similarity\?rid=(\d+) HTTP/1\.1" (\d{3})')
 
@@ -76,14 +81,39 @@ async def _numbered_clients(port: int, bodies: list[bytes], clients: int, until:
     return records
 
 
+@dataclass
+class SigtermRound:
+    """What one SIGTERM-under-load round measured (times: ``time.perf_counter()`` seconds)."""
+
+    command: str
+    records: list[dict[str, Any]]  # one per client request: rid, sent, done, status or error
+    t_sig: float
+    refused_after_s: float | None  # when the listening socket stopped taking connections
+    exit_code: int | None
+    exit_after_s: float
+    log: str  # the server's log (access lines name each answered rid)
+
+
 async def sigterm_under_load(model: Path, work: Path, *, entry: str = "pete-serve", clients: int = 16, pairs: int = 4,
                              pre_s: float = 1.5, post_s: float = 2.0, batch_delay_ms: int = 30,
                              graceful_s: int = 10) -> dict[str, Any]:
-    """One SIGTERM-under-load round; figures and checks."""
+    """One SIGTERM-under-load round: figures and checks (measure -> summarise -> judge)."""
+    r = await measure_sigterm(model, work, entry=entry, clients=clients, pairs=pairs, pre_s=pre_s, post_s=post_s,
+                              batch_delay_ms=batch_delay_ms, graceful_s=graceful_s)
+    out = {"entry": entry, "command": r.command, "clients": clients, "batch_delay_ms": batch_delay_ms,
+           "graceful_s": graceful_s, **summarise_sigterm(r)}
+    out["checks"] = judge_sigterm(out, r, entry=entry, graceful_s=graceful_s)
+    return out
+
+
+async def measure_sigterm(model: Path, work: Path, *, entry: str, clients: int, pairs: int, pre_s: float, post_s: float,
+                          batch_delay_ms: int, graceful_s: int) -> SigtermRound:
+    """Numbered closed-loop clients against a server with slow batches; SIGTERM after ``pre_s``; the
+    clients go on for ``post_s``. Also watches when new connections start being refused."""
     env = {"PETE_LOG_LEVEL": "info", "RELIABILITY_BATCH_DELAY_MS": str(batch_delay_ms),
            "PETE_SHUTDOWN_TIMEOUT_S": str(graceful_s)}
     log = work / f"sigterm-{entry}-{time.time_ns()}.log"
-    srv = ServerProcess(model, env=env, entry=entry, log_path=log, graceful_s=graceful_s)
+    srv = ServerProcess(model, factory=HARNESS_APP, env=env, entry=entry, log_path=log, graceful_s=graceful_s)
     bodies = similarity_bodies(100, pairs, seed=7)
     try:
         srv.start()
@@ -98,67 +128,77 @@ async def sigterm_under_load(model: Path, work: Path, *, entry: str = "pete-serv
             return rc, time.perf_counter() - t_sig
 
         exit_task = asyncio.ensure_future(wait_exit())
-        # when does the listening socket stop taking connections?
-        refused_after = None
-        for _ in range(400):
-            try:
-                c = await Conn.open(srv.port, timeout=1)
-                c.close()
-            except OSError:
-                refused_after = time.perf_counter() - t_sig
-                break
-            await asyncio.sleep(0.005)
+        refused_after = await _refused_after(srv.port, t_sig)
         records = await loop
         rc, t_exit = await exit_task
     finally:
         srv.kill()
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    server_answered = {int(rid): int(st) for rid, st in _ACCESS.findall(text)}
-    client = {r["rid"]: r for r in records}
-    before = [r for r in records if r["sent"] < t_sig]
-    after = [r for r in records if r["sent"] >= t_sig]
-    in_flight = [r for r in before if r["done"] > t_sig]  # sent before SIGTERM, answered after it
+    return SigtermRound(" ".join(srv.command()[1:]), records, t_sig, refused_after, rc, t_exit,
+                        log.read_text(errors="replace") if log.is_file() else "")
 
-    def tally(rs: list[dict[str, Any]]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in rs:
-            key = str(r["status"]) if r["status"] else r.get("error", "error")
-            out[key] = out.get(key, 0) + 1
-        return dict(sorted(out.items()))
 
+async def _refused_after(port: int, since: float, tries: int = 400) -> float | None:
+    """Seconds from ``since`` until a new connection is refused (None: still accepted after ``tries``)."""
+    for _ in range(tries):
+        try:
+            c = await Conn.open(port, timeout=1)
+            c.close()
+        except OSError:
+            return time.perf_counter() - since
+        await asyncio.sleep(0.005)
+    return None
+
+
+def _tally(records: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        key = str(r["status"]) if r["status"] else r.get("error", "error")
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def summarise_sigterm(r: SigtermRound) -> dict[str, Any]:
+    """Each request's fate on both sides: lost = answered by the server (logged) but not received."""
+    server_answered = {int(rid): int(st) for rid, st in _ACCESS.findall(r.log)}
+    client = {rec["rid"]: rec for rec in r.records}
+    before = [rec for rec in r.records if rec["sent"] < r.t_sig]
+    in_flight = [rec for rec in before if rec["done"] > r.t_sig]  # sent before SIGTERM, answered after it
     lost = [rid for rid, st in server_answered.items() if rid in client and client[rid]["status"] != st]
-    unknown = [rid for rid in server_answered if rid not in client]
-    unanswered_but_processed = lost  # the server logged a response that its client did not receive
-    out = {
-        "entry": entry, "command": " ".join(srv.command()[1:]), "clients": clients, "batch_delay_ms": batch_delay_ms,
-        "graceful_s": graceful_s, "requests": len(records), "before_sigterm": tally(before),
-        "in_flight_at_sigterm": tally(in_flight), "after_sigterm": tally(after),
+    return {
+        "requests": len(r.records), "before_sigterm": _tally(before), "in_flight_at_sigterm": _tally(in_flight),
+        "after_sigterm": _tally([rec for rec in r.records if rec["sent"] >= r.t_sig]),
         "server_answered": {str(s): sum(1 for v in server_answered.values() if v == s)
                             for s in sorted(set(server_answered.values()))},
-        "lost": len(unanswered_but_processed), "lost_rids": unanswered_but_processed[:20],
-        "reset_unread": sum(1 for r in records if not r["status"] and not r.get("error", "").startswith("connect")),
-        "server_logged_unknown_rids": len(unknown),
-        "listening_socket_closed_after_s": None if refused_after is None else round(refused_after, 4),
-        "exit_code": rc, "exit_after_s": round(t_exit, 3),
-        "graceful_timeout_hit": "timeout graceful shutdown exceeded" in text,
-        "log_tail": text[-1200:],
+        "lost": len(lost), "lost_rids": lost[:20],
+        "reset_unread": sum(1 for rec in r.records if not rec["status"] and not rec.get("error", "").startswith("connect")),
+        "server_logged_unknown_rids": sum(1 for rid in server_answered if rid not in client),
+        "listening_socket_closed_after_s": None if r.refused_after_s is None else round(r.refused_after_s, 4),
+        "exit_code": r.exit_code, "exit_after_s": round(r.exit_after_s, 3),
+        "graceful_timeout_hit": "timeout graceful shutdown exceeded" in r.log,
+        "log_tail": r.log[-1200:],
     }
-    statuses = {r["status"] for r in records if r["status"]}
-    out["checks"] = {
-        "zero_lost": check(not lost and not unknown, len(lost) + len(unknown), 0),
+
+
+def judge_sigterm(out: dict[str, Any], r: SigtermRound, *, entry: str, graceful_s: int) -> dict[str, dict[str, Any]]:
+    """The SIGTERM checks (module docstring)."""
+    in_flight = [rec for rec in r.records if rec["sent"] < r.t_sig < rec["done"]]
+    statuses = {rec["status"] for rec in r.records if rec["status"]}
+    rc, t_exit = r.exit_code, r.exit_after_s
+    return {
+        "zero_lost": check(not out["lost"] and not out["server_logged_unknown_rids"],
+                           out["lost"] + out["server_logged_unknown_rids"], 0),
         # a request written onto an idle keep-alive connection in the instant uvicorn closes it is
         # reset unread (never processed, never logged: retry-safe); every other one must be a 200
-        "in_flight_completed_200": check(any(r["status"] == 200 for r in in_flight)
-                                         and all(r["status"] == 200 for r in in_flight if r["status"]),
-                                         tally(in_flight), "all 200 (resets unread excepted)"),
+        "in_flight_completed_200": check(any(rec["status"] == 200 for rec in in_flight)
+                                         and all(rec["status"] == 200 for rec in in_flight if rec["status"]),
+                                         out["in_flight_at_sigterm"], "all 200 (resets unread excepted)"),
         "no_5xx_but_503": check(all(s < 500 or s == 503 for s in statuses), sorted(statuses), "200/503 only"),
-        "new_connections_refused": check(refused_after is not None, refused_after, "refused after SIGTERM"),
+        "new_connections_refused": check(r.refused_after_s is not None, r.refused_after_s, "refused after SIGTERM"),
         "exits_within_grace": check(rc is not None and t_exit <= graceful_s, round(t_exit, 3), f"<= {graceful_s} s"),
         "no_graceful_timeout": check(not out["graceful_timeout_hit"], out["graceful_timeout_hit"], False),
         "exit_code": check(rc == 0 if entry == "pete-serve" else rc is not None, rc,
                            0 if entry == "pete-serve" else "any (uvicorn CLI re-raises SIGTERM: -15)"),
     }
-    return out
 
 
 async def disconnect_storm(model: Path, work: Path, *, abandon: int = 40, clients: int = 8, duration_s: float = 4.0,
@@ -166,7 +206,7 @@ async def disconnect_storm(model: Path, work: Path, *, abandon: int = 40, client
     """Abandoning clients while others load the server; figures and checks."""
     bodies = similarity_bodies(50, pairs, seed=3)
     env = {"RELIABILITY_BATCH_DELAY_MS": str(batch_delay_ms)}
-    with ServerProcess(model, env=env, log_path=work / "disconnect.log") as srv:
+    with ServerProcess(model, factory=HARNESS_APP, env=env, log_path=work / "disconnect.log") as srv:
         before = await scrape(srv.port)
 
         async def abandoner(i: int) -> str:
@@ -237,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, c in r["checks"].items():
             checks[f"sigterm[{r['entry']}#{i % args.rounds + 1}].{name}"] = c
     checks.update({f"disconnect.{k}": v for k, v in storm["checks"].items()})
-    out = {"model": model_desc, "machine": machine(), "sigterm_rounds": rounds, "disconnect_storm": storm,
+    out = {"model": model_desc, "machine": machine_info(), "sigterm_rounds": rounds, "disconnect_storm": storm,
            "checks": checks, "seconds": round(time.perf_counter() - t0, 1)}
     write_json(args.out, out)
     print(f"-> {args.out}")

@@ -32,11 +32,13 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from reliability.common import (RESULTS_DIR, ServerProcess, check, find_leaks, machine, print_checks, resolve_model,
-                                write_json)
+from loadtest.results import machine_info, write_json
+from loadtest.server import ServerProcess
+from reliability.common import RESULTS_DIR, check, find_leaks, print_checks, resolve_model
 
 MAX_FAILURES_KEPT = 20
 
@@ -53,6 +55,41 @@ def _checks(negative: bool, auth: bool) -> list:
     if auth:
         out.append(oc.ignored_auth)
     return out
+
+
+@dataclass
+class FuzzTally:
+    """What the fuzzing saw: cases per operation and status, server errors, failures (the first
+    ``MAX_FAILURES_KEPT`` kept), leaks of traces or paths."""
+
+    by_op: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    failures: list[dict[str, str]] = field(default_factory=list)
+    failure_count: int = 0
+    leaks: list[dict[str, Any]] = field(default_factory=list)
+    server_errors: int = 0
+    cases: int = 0
+
+    def fail(self, label: str, message: str) -> None:
+        self.failure_count += 1
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append({"operation": label, "message": message[:1500]})
+
+    def record(self, label: str, response) -> None:
+        """Count one response; note a 5xx and any leak in its body."""
+        self.cases += 1
+        self.by_op[label][str(response.status_code)] += 1
+        if response.status_code >= 500:
+            self.server_errors += 1
+        hits = find_leaks(response.text)
+        if hits:
+            self.leaks.append({"operation": label, "status": response.status_code, "patterns": hits,
+                               "body": response.text[:300]})
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        return {"cases": self.cases,
+                "by_operation": {k: dict(sorted(v.items())) for k, v in sorted(self.by_op.items())},
+                "server_errors": self.server_errors, "failure_count": self.failure_count,
+                "failures": self.failures, "leaks": self.leaks, "seconds": round(seconds, 2)}
 
 
 def fuzz_schema(schema, *, cases_per_op: int, modes: tuple[str, ...] = ("positive", "negative"),
@@ -72,69 +109,52 @@ def fuzz_schema(schema, *, cases_per_op: int, modes: tuple[str, ...] = ("positiv
         {"cases", "by_operation": {"POST /x positive": {status: n}}, "server_errors", "failures",
         "failure_count", "leaks", "seconds"}.
     """
-    import hypothesis
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis import GenerationMode
-
-    by_op: dict[str, Counter] = defaultdict(Counter)
-    failures: list[dict[str, str]] = []
-    failure_count = 0
-    leaks: list[dict[str, Any]] = []
-    server_errors = 0
-    cases = 0
-    start = time.perf_counter()
-
-    def fail(label: str, message: str) -> None:
-        nonlocal failure_count
-        failure_count += 1
-        if len(failures) < MAX_FAILURES_KEPT:
-            failures.append({"operation": label, "message": message[:1500]})
-
+    tally, start = FuzzTally(), time.perf_counter()
     for result in schema.get_all_operations():
         op = result.ok()
         has_input = op.method.upper() not in ("GET", "HEAD", "DELETE") or bool(list(op.iter_parameters()))
         for mode in modes:
             if mode == "negative" and not has_input:
                 continue  # nothing to negate: hypothesis would report Unsatisfiable
-            label = f"{op.method.upper()} {op.path} {mode}"
-            gen_mode = GenerationMode(mode)
-            checks = _checks(gen_mode == GenerationMode.NEGATIVE, check_auth)
+            _fuzz_operation(op, mode, tally, max_examples=cases_per_op if has_input else 1, headers=headers,
+                            check_auth=check_auth, forbid_success=forbid_success_on_post and op.method.upper() == "POST",
+                            derandomize=derandomize, seed=seed)
+    return tally.report(time.perf_counter() - start)
 
-            @given(case=op.as_strategy(generation_mode=gen_mode))
-            @settings(max_examples=cases_per_op if has_input else 1, deadline=None, database=None,
-                      derandomize=derandomize, suppress_health_check=list(HealthCheck),
-                      phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False)
-            def run_case(case) -> None:
-                nonlocal cases, server_errors
-                cases += 1
-                response = case.call(headers=headers)
-                by_op[label][str(response.status_code)] += 1
-                if response.status_code >= 500:
-                    server_errors += 1
-                hits = find_leaks(response.text)
-                if hits:
-                    leaks.append({"operation": label, "status": response.status_code, "patterns": hits,
-                                  "body": response.text[:300]})
-                if forbid_success_on_post and op.method.upper() == "POST" and 200 <= response.status_code < 300:
-                    fail(label, f"POST answered {response.status_code} without the API key")
-                try:
-                    case.validate_response(response, checks=checks, headers=headers,
-                                           transport_kwargs={"headers": headers} if headers else None)
-                except BaseException as e:  # schemathesis' FailureGroup is a BaseExceptionGroup
-                    if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                        raise
-                    fail(label, str(e))
 
-            try:
-                if seed is not None:
-                    run_case = hypothesis.seed(seed)(run_case)
-                run_case()
-            except Unsatisfiable:
-                pass
-    return {"cases": cases, "by_operation": {k: dict(sorted(v.items())) for k, v in sorted(by_op.items())},
-            "server_errors": server_errors, "failure_count": failure_count, "failures": failures, "leaks": leaks,
-            "seconds": round(time.perf_counter() - start, 2)}
+def _fuzz_operation(op, mode: str, tally: FuzzTally, *, max_examples: int, headers: dict[str, str] | None,
+                    check_auth: bool, forbid_success: bool, derandomize: bool, seed: int | None) -> None:
+    """Up to ``max_examples`` hypothesis cases of one operation in one generation mode, into ``tally``."""
+    import hypothesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    label = f"{op.method.upper()} {op.path} {mode}"
+    gen_mode = GenerationMode(mode)
+    checks = _checks(gen_mode == GenerationMode.NEGATIVE, check_auth)
+
+    @given(case=op.as_strategy(generation_mode=gen_mode))
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+              report_multiple_bugs=False)
+    def run_case(case) -> None:
+        response = case.call(headers=headers)
+        tally.record(label, response)
+        if forbid_success and 200 <= response.status_code < 300:
+            tally.fail(label, f"POST answered {response.status_code} without the API key")
+        try:
+            case.validate_response(response, checks=checks, headers=headers,
+                                   transport_kwargs={"headers": headers} if headers else None)
+        except BaseException as e:  # schemathesis' FailureGroup is a BaseExceptionGroup
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            tally.fail(label, str(e))
+
+    try:
+        (hypothesis.seed(seed)(run_case) if seed is not None else run_case)()
+    except Unsatisfiable:
+        pass
 
 
 # ---- Unicode and size edge cases -----------------------------------------------------------------
@@ -227,7 +247,7 @@ def send_edge_cases(post: Callable[[str, bytes], tuple[int, bytes]]) -> list[dic
 def _live_post(port: int) -> Callable[[str, bytes], tuple[int, bytes]]:
     import asyncio
 
-    from reliability.common import request
+    from loadtest.http import request
 
     def post(path: str, body: bytes) -> tuple[int, bytes]:
         try:
@@ -254,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="pete-fuzz-")  # removed at exit (checkpoints, server logs)
     work = Path(tmp.name)
     model, model_desc = resolve_model(args.model, work)
-    out: dict[str, Any] = {"model": model_desc, "machine": machine(), "schemathesis": schemathesis.__version__,
+    out: dict[str, Any] = {"model": model_desc, "machine": machine_info(), "schemathesis": schemathesis.__version__,
                            "seed": args.seed, "cases_per_op": args.cases_per_op}
     t0 = time.perf_counter()
     key = "reliability-fuzz-key"

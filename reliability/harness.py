@@ -1,15 +1,16 @@
-"""The real app for subprocess runs, with fault switches on the ``before_batch`` test seam.
+"""The real app for subprocess runs, with fault switches plugged in through the model-runner seam.
 
-    python -m reliability.harness                                   # = pete-serve (app.main:main)
+    python -m reliability.harness                                   # = pete-serve (app.cli:main)
     python -m uvicorn --factory reliability.harness:create_app ...   # = the Dockerfile's command
 
-``create_app()`` is ``app.main.create_app()`` (settings from ``PETE_*``) plus, when set:
+``create_app()`` is ``app.main.create_app()`` (settings from ``PETE_*``) with, when set, a runner
+that wraps the torch runner and, before every batch:
 
-- ``RELIABILITY_BATCH_DELAY_MS``: sleep this long before every batch (a slower model);
-- ``RELIABILITY_SLOW_BATCH=N:MS``: sleep MS milliseconds before the N-th batch only (1-based);
-- ``RELIABILITY_FAIL_BATCH=N``: raise in the N-th batch only (1-based).
+- ``RELIABILITY_BATCH_DELAY_MS``: sleeps this long (a slower model);
+- ``RELIABILITY_SLOW_BATCH=N:MS``: sleeps MS milliseconds before the N-th batch only (1-based);
+- ``RELIABILITY_FAIL_BATCH=N``: raises in the N-th batch only (1-based).
 
-With none set, no seam is installed and the app is exactly the production one.
+With none set, the app is exactly the production one (the default runner).
 """
 
 from __future__ import annotations
@@ -18,13 +19,55 @@ import os
 import sys
 import threading
 import time
+from typing import Any, Callable
 
-import app.main as app_main
 from app import cli
+from app.batching import WorkItem
+from app.main import create_app as create_service_app
+from app.runner import ModelRunner, PassObserver, RunnerFactory, RunnerInfo
+from app.service import default_runner
+from app.settings import Settings
+
+BatchHook = Callable[[list[WorkItem]], None]
+
+
+class HookedRunner:
+    """A ``ModelRunner`` that calls ``hook(items)`` on the inference thread before each batch (it may
+    sleep or raise: a slow or failing model), then the ``inner`` runner. Warm-up does not go through
+    the hook."""
+
+    def __init__(self, inner: ModelRunner, hook: BatchHook) -> None:
+        self.inner, self.hook = inner, hook
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def __call__(self, items: list[WorkItem]) -> list[Any]:
+        self.hook(items)
+        return self.inner(items)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return self.inner.parameter_counts()
+
+    def info(self) -> RunnerInfo:
+        return self.inner.info()
+
+
+def hooked(hook: BatchHook, inner: RunnerFactory | None = None) -> RunnerFactory:
+    """A ``RunnerFactory``: ``inner``'s runner (default: the torch runner) behind ``hook``."""
+    make_inner = inner or default_runner
+
+    def factory(settings: Settings, observe_pass: PassObserver | None) -> ModelRunner:
+        return HookedRunner(make_inner(settings, observe_pass), hook)
+
+    return factory
 
 
 class EnvFaults:
-    """A ``before_batch`` hook configured from ``RELIABILITY_*`` environment variables."""
+    """A batch hook configured from ``RELIABILITY_*`` environment variables."""
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -39,7 +82,7 @@ class EnvFaults:
     def active(self) -> bool:
         return bool(self.delay_s or self.slow_batch or self.fail_batch)
 
-    def __call__(self, items) -> None:
+    def __call__(self, items: list[WorkItem]) -> None:
         with self._lock:
             self.batches += 1
             n = self.batches
@@ -52,20 +95,14 @@ class EnvFaults:
 
 
 def create_app():
-    """``app.main.create_app()`` with the fault switches of the environment (if any)."""
+    """uvicorn factory: ``app.main.create_app()`` with the fault switches of the environment (if any)."""
     faults = EnvFaults()
-    return _original_create_app(before_batch=faults if faults.active else None)
-
-
-_original_create_app = app_main.create_app
+    return create_service_app(runner=hooked(faults) if faults.active else None)
 
 
 def main() -> None:
-    """Run ``app.cli.main()`` (the ``pete-serve`` entry) serving this module's ``create_app``."""
-    app_main.create_app = lambda settings=None, *, before_batch=None: (
-        _original_create_app(settings, before_batch=before_batch) if settings is not None or before_batch is not None
-        else create_app())
-    sys.exit(cli.main([]))
+    """``pete-serve`` (``app.cli.main``) serving this module's ``create_app``."""
+    sys.exit(cli.main([], factory="reliability.harness:create_app"))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,20 @@ import asyncio
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
-from reliability.common import (RESULTS_DIR, ServerProcess, bucket_fraction, check, latency_ms, loop_lag, machine,
-                                metric, open_loop, print_checks, request, resolve_model, saturation, scrape,
-                                similarity_bodies, write_json)
+
+from loadtest.fixtures import similarity_bodies
+from loadtest.http import request
+from loadtest.load import LoadResult, loop_lag, open_loop, saturation
+from loadtest.prom import bucket_fraction, metric, scrape
+from loadtest.results import machine_info, write_json
+from loadtest.server import ServerProcess
+from loadtest.stats import latency_ms
+from reliability.common import RESULTS_DIR, check, print_checks, resolve_model
 
 DEFAULT_CAPACITY = Settings.model_fields["queue_capacity"].default
 
@@ -70,41 +77,70 @@ async def _recovery(port: int, body: bytes, since: float, normal_s: float, max_p
             "probes": probes[:40], "health": health}
 
 
+@dataclass
+class OverloadRun:
+    """What the overload phase measured: the open-loop load, the /metrics + RSS samples and health
+    checks taken while it ran, the generator's event-loop lag, recovery probes, final /metrics."""
+
+    rate: float
+    load: LoadResult
+    samples: list[dict[str, float]]
+    health_during: dict[str, int]
+    lags: list[float]
+    after_stop: dict[str, Any]
+    after_drain: dict[str, Any]
+    metrics: dict[str, float]
+
+
 async def run_overload(srv: ServerProcess, *, pairs: int = 4, factor: float = 4.0, duration_s: float = 60.0,
                        sat_clients: tuple[int, ...] = (8, 16, 32, 64), sat_duration_s: float = 5.0,
                        sat_rps: float | None = None, capacity: int = DEFAULT_CAPACITY,
                        max_connections: int = 1024, seed: int = 0, sample_every_s: float = 0.25) -> dict[str, Any]:
     """Measure saturation (unless ``sat_rps`` is given), offer ``factor`` x it for ``duration_s``, then
-    probe recovery. Returns the figures and the checks."""
-    port = srv.port
+    probe recovery. Returns the figures and the checks (measure -> summarise -> judge)."""
     bodies = similarity_bodies(200, pairs, seed)
     out: dict[str, Any] = {"pairs_per_request": pairs, "queue_capacity_items": capacity, "factor": factor,
                            "duration_s": duration_s}
-    # warm-up, then saturation
+    out.update(await measure_baseline(srv.port, bodies, pairs=pairs, capacity=capacity, sat_rps=sat_rps,
+                                      sat_clients=sat_clients, sat_duration_s=sat_duration_s))
+    run = await measure_overload(srv, bodies, rate=factor * out["saturation_rps"], duration_s=duration_s,
+                                 normal_s=out["normal_answer_limit_ms"] / 1e3, max_connections=max_connections,
+                                 seed=seed, sample_every_s=sample_every_s)
+    out.update(summarise(run))
+    out["checks"] = judge(out, run, factor=factor, capacity=capacity)
+    return out
+
+
+async def measure_baseline(port: int, bodies: list[bytes], *, pairs: int, capacity: int, sat_rps: float | None,
+                           sat_clients: tuple[int, ...], sat_duration_s: float) -> dict[str, Any]:
+    """Warm-up, saturation (unless given), and the idle latency of 20 sequential requests, from which
+    a "normal answer" is defined (within max(2 x the slowest idle one, 25 ms))."""
+    out: dict[str, Any] = {}
     await saturation(port, bodies, clients=(8,), duration_s=1.0)
     if sat_rps is None:
-        sat = await saturation(port, bodies, clients=sat_clients, duration_s=sat_duration_s)
-        out["saturation"] = sat
-        sat_rps = sat["rps"]
+        out["saturation"] = await saturation(port, bodies, clients=sat_clients, duration_s=sat_duration_s)
+        sat_rps = out["saturation"]["rps"]
     out["saturation_rps"] = sat_rps
     out["saturation_items_per_s"] = round(sat_rps * 2 * pairs, 1)
-
-    # idle baseline
-    lat = []
-    for i in range(20):
-        status, t = await _probe(port, bodies[i])
-        lat.append(t)
+    lat = [(await _probe(port, bodies[i]))[1] for i in range(20)]
     out["idle_latency_ms"] = latency_ms(lat)
     # a request that finds the queue full-but-one waits for it all: capacity / throughput seconds
     out["queue_drain_bound_s"] = round(capacity / out["saturation_items_per_s"], 3)
-    normal_s = max(2 * sorted(lat)[-1], 0.025)
-    out["normal_answer_limit_ms"] = round(normal_s * 1e3, 2)
+    out["normal_answer_limit_ms"] = round(max(2 * max(lat), 0.025) * 1e3, 2)
+    return out
 
-    # overload, with a /metrics + RSS sampler and health checks while it runs
-    rate = factor * sat_rps
+
+async def measure_overload(srv: ServerProcess, bodies: list[bytes], *, rate: float, duration_s: float, normal_s: float,
+                           max_connections: int, seed: int, sample_every_s: float) -> OverloadRun:
+    """Poisson arrivals at ``rate`` for ``duration_s``, with a /metrics + RSS sampler and health checks
+    while it runs, recovery probes from the moment it stops, and again once the backlog drained."""
+    port = srv.port
     samples: list[dict[str, float]] = []
     health_during: dict[str, int] = {}
-    stop_sampler = asyncio.Event()
+    stop_sampler, stopped = asyncio.Event(), asyncio.Event()
+
+    def count(key: str) -> None:
+        health_during[key] = health_during.get(key, 0) + 1
 
     async def sampler() -> None:
         end = time.perf_counter() + duration_s + 60
@@ -115,14 +151,10 @@ async def run_overload(srv: ServerProcess, *, pairs: int = 4, factor: float = 4.
                                 "rss": srv.rss()})
                 if len(samples) % 8 == 1:
                     for p in ("/healthz", "/readyz"):
-                        s = (await request(port, "GET", p, timeout=10)).status
-                        health_during[f"{p} {s}"] = health_during.get(f"{p} {s}", 0) + 1
+                        count(f"{p} {(await request(port, 'GET', p, timeout=10)).status}")
             except Exception as e:  # noqa: BLE001 - recorded, the load goes on
-                health_during[f"sampler {type(e).__name__}"] = health_during.get(f"sampler {type(e).__name__}", 0) + 1
+                count(f"sampler {type(e).__name__}")
             await asyncio.sleep(sample_every_s)
-
-    stopped = asyncio.Event()
-    recovery_task: asyncio.Task | None = None
 
     async def recover_after_stop() -> dict[str, Any]:
         await stopped.wait()
@@ -140,60 +172,67 @@ async def run_overload(srv: ServerProcess, *, pairs: int = 4, factor: float = 4.
     await sampler_task
     after_drain = await _recovery(port, bodies[1], time.perf_counter(), normal_s)
     after_drain["backlog_drained_s_after_stop"] = round(drained_at - load.stopped, 3)
+    return OverloadRun(rate, load, samples, health_during, lags, after_stop, after_drain, await scrape(port))
 
-    m = await scrape(port)
+
+def summarise(run: OverloadRun) -> dict[str, Any]:
+    """The overload phase's figures: what was offered and answered, latencies, queue and memory."""
+    load, m = run.load, run.metrics
     s429 = [s for s in load.samples if s.status == 429]
-    s200 = [s for s in load.samples if s.status == 200]
-    non_200_429 = {k: v for k, v in load.statuses().items() if k not in ("200", "429")}
-    server_5xx = sum(v for k, v in m.items() if k.startswith("pete_request_duration_seconds_count")
-                     and 'status="5' in k)
-    depth_max_metric = metric(m, "pete_queue_depth_max")
-    depth_max_sampled = max((s["depth"] for s in samples), default=0.0)
-    rss = [s["rss"] for s in samples if s["rss"]]
-    out.update({
-        "offered_rps": round(rate, 1),
+    rss = [s["rss"] for s in run.samples if s["rss"]]
+    return {
+        "offered_rps": round(run.rate, 1),
         "sent": len(load.samples), "not_sent": load.not_sent,
         "achieved_offered_rps": round((len(load.samples) + load.not_sent) / load.duration, 1),
         "statuses": load.statuses(), "connection_errors": load.errors(), "resent_after_idle_close": load.resent(),
-        "goodput_rps": round(len(s200) / load.duration, 1),
-        "latency_429_ms": latency_ms(s.latency for s in s429),
-        "latency_429_from_schedule_ms": latency_ms(s.latency_from_schedule for s in s429),
-        "latency_200_ms": latency_ms(s.latency for s in s200),
-        "client_loop_lag_ms": latency_ms(lags),
+        "goodput_rps": round(load.count(200) / load.duration, 1),
+        "latency_429_ms": latency_ms(load.latencies(429)),
+        "latency_429_from_schedule_ms": latency_ms(load.latencies(429, from_schedule=True)),
+        "latency_200_ms": latency_ms(load.latencies(200)),
+        "client_loop_lag_ms": latency_ms(run.lags),
         "retry_after_values": sorted({s.retry_after for s in s429 if s.retry_after}),
         "missing_retry_after": sum(1 for s in s429 if not s.retry_after),
         "server_429_fraction_le_10ms": round(bucket_fraction(m, "pete_request_duration_seconds", "0.01",
                                                              endpoint="/similarity", status="429"), 5),
-        "server_5xx": server_5xx,
+        "server_5xx": sum(v for k, v in m.items() if k.startswith("pete_request_duration_seconds_count")
+                          and 'status="5' in k),
         "rejected_queue_full": metric(m, "pete_rejected_requests_total", reason="queue_full"),
-        "queue_depth_max_metric": depth_max_metric,
-        "queue_depth_max_sampled": depth_max_sampled,
-        "queue_depth_samples": len(samples),
+        "queue_depth_max_metric": metric(m, "pete_queue_depth_max"),
+        "queue_depth_max_sampled": max((s["depth"] for s in run.samples), default=0.0),
+        "queue_depth_samples": len(run.samples),
         "rss_mb": {"min": round(min(rss) / 2**20, 1), "max": round(max(rss) / 2**20, 1)} if rss else None,
-        "health_during": health_during,
-        "recovery_after_stop": after_stop,
-        "recovery_after_drain": after_drain,
-    })
+        "health_during": run.health_during,
+        "recovery_after_stop": run.after_stop,
+        "recovery_after_drain": run.after_drain,
+    }
+
+
+def judge(out: dict[str, Any], run: OverloadRun, *, factor: float, capacity: int) -> dict[str, dict[str, Any]]:
+    """The overload checks (module docstring) on the summarised figures."""
+    statuses, rate = out["statuses"], run.rate
+    non_200_429 = {k: v for k, v in statuses.items() if k not in ("200", "429")}
+    client_5xx = sum(v for k, v in statuses.items() if k.startswith("5"))
     p99_429 = out["latency_429_ms"].get("p99", float("nan"))
-    health_ok = all(k.endswith(" 200") for k in health_during) and bool(health_during) \
+    after_stop, after_drain, during = out["recovery_after_stop"], out["recovery_after_drain"], out["health_during"]
+    health_ok = all(k.endswith(" 200") for k in during) and bool(during) \
         and set(after_stop["health"].values()) == {200} and set(after_drain["health"].values()) == {200}
     first = after_stop["first_normal_answer_s"]
-    out["checks"] = {
+    depth_metric, depth_sampled = out["queue_depth_max_metric"], out["queue_depth_max_sampled"]
+    return {
         "offered_about_factor_x_saturation": check(out["achieved_offered_rps"] >= 0.9 * rate,
-                                                   round(out["achieved_offered_rps"] / sat_rps, 2), f">= {0.9 * factor:.1f}x"),
-        "overload_reached_429": check(len(s429) > 0, len(s429), "> 0"),
-        "no_5xx": check(server_5xx == 0 and not any(k.startswith("5") for k in load.statuses()),
-                        {"client": sum(v for k, v in load.statuses().items() if k.startswith("5")), "server": server_5xx}, 0),
-        "every_non_200_is_429": check(not non_200_429 and load.not_sent == 0, {**non_200_429, "not_sent": load.not_sent},
-                                      "only 200/429"),
+                                                   round(out["achieved_offered_rps"] / out["saturation_rps"], 2),
+                                                   f">= {0.9 * factor:.1f}x"),
+        "overload_reached_429": check(statuses.get("429", 0) > 0, statuses.get("429", 0), "> 0"),
+        "no_5xx": check(out["server_5xx"] == 0 and client_5xx == 0, {"client": client_5xx, "server": out["server_5xx"]}, 0),
+        "every_non_200_is_429": check(not non_200_429 and out["not_sent"] == 0,
+                                      {**non_200_429, "not_sent": out["not_sent"]}, "only 200/429"),
         "every_429_has_retry_after": check(out["missing_retry_after"] == 0, out["missing_retry_after"], 0),
         "p99_429_latency_ms": check(p99_429 < 10.0, p99_429, "< 10"),
-        "queue_within_capacity": check(depth_max_metric <= capacity and depth_max_sampled <= capacity,
-                                       {"high_water_mark": depth_max_metric, "sampled_max": depth_max_sampled}, capacity),
-        "healthy_during_and_after": check(health_ok, {"during": health_during, "after": after_drain["health"]}, "all 200"),
+        "queue_within_capacity": check(depth_metric <= capacity and depth_sampled <= capacity,
+                                       {"high_water_mark": depth_metric, "sampled_max": depth_sampled}, capacity),
+        "healthy_during_and_after": check(health_ok, {"during": during, "after": after_drain["health"]}, "all 200"),
         "answers_normally_within_1s_of_stop": check(first is not None and first <= 1.0, first, "<= 1.0 s"),
     }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                        sat_clients=tuple(int(c) for c in args.sat_clients.split(",")),
                                        sat_duration_s=args.sat_duration, capacity=args.queue_capacity, seed=args.seed))
         out["server_log_tail"] = srv.log_tail(1500)
-    out = {"model": model_desc, "machine": machine(), "server_env": env, **out,
+    out = {"model": model_desc, "machine": machine_info(), "server_env": env, **out,
            "seconds": round(time.perf_counter() - t0, 1)}
     write_json(args.out, out)
     print(f"saturation {out['saturation_rps']} req/s ({out['saturation_items_per_s']} items/s); offered "

@@ -39,8 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reliability.common import (HOST, REPO_ROOT, RESULTS_DIR, ServerProcess, check, machine, print_checks,
-                                request, resolve_model, write_json)
+from loadtest.http import HOST, request
+from loadtest.results import machine_info, write_json
+from loadtest.server import ServerProcess
+from reliability.common import REPO_ROOT, RESULTS_DIR, check, print_checks, resolve_model
 
 # GET routes that need no key, on purpose: probes and scrapers must work without it (app/auth.py),
 # and FastAPI's schema and docs pages (they describe the API, they do not use it).
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "dependency_audit": check(audit["status"] in ("ok", "not_audited", "unreachable", "skipped", "missing_tool",
                                                        "no_lock"), audit["status"], "no unaccepted finding"),
     }
-    out = {"model": model_desc, "machine": machine(), "auth_sweep": sweep, "body_limit": limits,
+    out = {"model": model_desc, "machine": machine_info(), "auth_sweep": sweep, "body_limit": limits,
            "key_comparison": cmp_, "dockerfile": docker, "pip_audit": audit, "checks": checks,
            "seconds": round(time.perf_counter() - t0, 1)}
     write_json(args.out, out)

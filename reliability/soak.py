@@ -27,8 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reliability.common import (RESULTS_DIR, ServerProcess, check, latency_ms, machine, metric, open_loop,
-                                print_checks, resolve_model, saturation, scrape, similarity_bodies, write_json)
+from loadtest.fixtures import similarity_bodies
+from loadtest.load import LoadResult, open_loop, saturation
+from loadtest.prom import metric, scrape
+from loadtest.results import machine_info, write_json
+from loadtest.server import ServerProcess
+from loadtest.stats import latency_ms
+from reliability.common import RESULTS_DIR, check, print_checks, resolve_model
 
 
 def _rss_at(series: list[tuple[float, int]], t: float, span_s: float) -> float | None:
@@ -40,19 +45,27 @@ async def run_soak(srv: ServerProcess, *, pairs: int = 4, load: float = 0.7, dur
                    window_s: float = 60.0, sat_rps: float | None = None, sat_clients: tuple[int, ...] = (8, 16, 32, 64),
                    sat_duration_s: float = 5.0, rss_every_s: float = 5.0, rss_span_s: float = 10.0,
                    latency_tolerance: float = 0.20, rss_growth_limit: float = 0.05, seed: int = 1) -> dict[str, Any]:
-    """Measure saturation (unless ``sat_rps`` is given), then run the soak. Returns figures and checks."""
-    port = srv.port
+    """Measure saturation (unless ``sat_rps`` is given), then run the soak. Returns figures and checks
+    (measure -> summarise -> judge)."""
     bodies = similarity_bodies(500, pairs, seed)
     out: dict[str, Any] = {"pairs_per_request": pairs, "load": load, "duration_s": duration_s, "window_s": window_s}
-    await saturation(port, bodies, clients=(8,), duration_s=1.0)  # warm-up
+    await saturation(srv.port, bodies, clients=(8,), duration_s=1.0)  # warm-up
     if sat_rps is None:
-        sat = await saturation(port, bodies, clients=sat_clients, duration_s=sat_duration_s)
-        out["saturation"] = sat
-        sat_rps = sat["rps"]
+        out["saturation"] = await saturation(srv.port, bodies, clients=sat_clients, duration_s=sat_duration_s)
+        sat_rps = out["saturation"]["rps"]
     out["saturation_rps"] = sat_rps
-    rate = load * sat_rps
-    out["offered_rps"] = round(rate, 2)
+    out["offered_rps"] = round(load * sat_rps, 2)
+    result, rss, m = await measure_soak(srv, bodies, rate=load * sat_rps, duration_s=duration_s,
+                                        rss_every_s=rss_every_s, seed=seed)
+    out.update(summarise_soak(result, rss, m, duration_s=duration_s, window_s=window_s, rss_span_s=rss_span_s))
+    out["checks"] = judge_soak(out, latency_tolerance=latency_tolerance, rss_growth_limit=rss_growth_limit)
+    return out
 
+
+async def measure_soak(srv: ServerProcess, bodies: list[bytes], *, rate: float, duration_s: float, rss_every_s: float,
+                       seed: int) -> tuple[LoadResult, list[tuple[float, int]], dict[str, float]]:
+    """Poisson arrivals at ``rate`` for ``duration_s`` while the server's RSS is sampled every
+    ``rss_every_s`` seconds. Returns (the load, (seconds, RSS bytes) samples, final /metrics)."""
     rss: list[tuple[float, int]] = []
     start = time.perf_counter()
     done = asyncio.Event()
@@ -67,13 +80,18 @@ async def run_soak(srv: ServerProcess, *, pairs: int = 4, load: float = 0.7, dur
                 pass
 
     sampler = asyncio.ensure_future(rss_sampler())
-    result = await open_loop(port, bodies, rate=rate, duration_s=duration_s,
+    result = await open_loop(srv.port, bodies, rate=rate, duration_s=duration_s,
                              max_requests=int(rate * duration_s * 1.3) + 10, seed=seed)
     rss.append((time.perf_counter() - start, srv.rss()))
     done.set()
     await sampler
-    m = await scrape(port)
+    return result, rss, await scrape(srv.port)
 
+
+def summarise_soak(result: LoadResult, rss: list[tuple[float, int]], m: dict[str, float], *, duration_s: float,
+                   window_s: float, rss_span_s: float) -> dict[str, Any]:
+    """Per-window requests, statuses, latency and RSS; the whole run's figures; the drift of the last
+    window against the second (the first warms up) in latency and RSS."""
     n_windows = max(1, int(round(duration_s / window_s)))
     windows = []
     for w in range(n_windows):
@@ -84,35 +102,36 @@ async def run_soak(srv: ServerProcess, *, pairs: int = 4, load: float = 0.7, dur
                         "statuses": {k: sum(1 for s in ws if str(s.status) == k) for k in sorted({str(s.status) for s in ws})},
                         "latency_ms": latency_ms(s.latency for s in ws if s.status == 200),
                         "rss_mb": None if r is None else round(r / 2**20, 2)})
-    out["windows"] = windows
-    out["rss_series_mb"] = [(round(t, 1), round(r / 2**20, 2)) for t, r in rss]
-    out["statuses"] = result.statuses()
-    out["connection_errors"] = result.errors()
-    out["resent_after_idle_close"] = result.resent()
-    out["not_sent"] = result.not_sent
-    out["latency_ms"] = latency_ms(s.latency for s in result.samples if s.status == 200)
-    out["server"] = {"dropped_items": metric(m, "pete_dropped_items_total"),
-                     "rejected": {k.split('reason="')[1].rstrip('"}'): v for k, v in m.items()
-                                  if k.startswith("pete_rejected_requests_total{")},
-                     "peak_rss_mb": round(metric(m, "pete_process_peak_rss_bytes") / 2**20, 2)}
-
-    errors = sum(v for k, v in result.statuses().items() if k != "200") + result.not_sent
     second, last = windows[min(1, n_windows - 1)], windows[-1]
     rss2 = _rss_at(rss, min(2, n_windows) * window_s, rss_span_s)
     rss_end = _rss_at(rss, rss[-1][0], rss_span_s)
     growth = (rss_end / rss2 - 1.0) if rss2 and rss_end else float("nan")
-    ratios = {q: round(last["latency_ms"].get(q, float("nan")) / second["latency_ms"].get(q, float("nan")), 3)
-              for q in ("p50", "p95", "p99")}
-    out["rss_growth_window2_to_end"] = round(growth, 4)
-    out["latency_last_over_window2"] = ratios
-    out["checks"] = {
-        "zero_errors": check(errors == 0, {"non_200": {k: v for k, v in result.statuses().items() if k != "200"},
-                                           "not_sent": result.not_sent}, 0),
-        "rss_growth_window2_to_end": check(growth < rss_growth_limit, round(growth, 4), f"< {rss_growth_limit}"),
-        **{f"{q}_last_vs_window2": check(abs(r - 1.0) <= latency_tolerance, r, f"1 +- {latency_tolerance}")
-           for q, r in ratios.items()},
+    return {
+        "windows": windows, "rss_series_mb": [(round(t, 1), round(r / 2**20, 2)) for t, r in rss],
+        "statuses": result.statuses(), "connection_errors": result.errors(),
+        "resent_after_idle_close": result.resent(), "not_sent": result.not_sent,
+        "latency_ms": latency_ms(result.latencies(200)),
+        "server": {"dropped_items": metric(m, "pete_dropped_items_total"),
+                   "rejected": {k.split('reason="')[1].rstrip('"}'): v for k, v in m.items()
+                                if k.startswith("pete_rejected_requests_total{")},
+                   "peak_rss_mb": round(metric(m, "pete_process_peak_rss_bytes") / 2**20, 2)},
+        "rss_growth_window2_to_end": round(growth, 4),
+        "latency_last_over_window2": {q: round(last["latency_ms"].get(q, float("nan"))
+                                               / second["latency_ms"].get(q, float("nan")), 3)
+                                      for q in ("p50", "p95", "p99")},
     }
-    return out
+
+
+def judge_soak(out: dict[str, Any], *, latency_tolerance: float, rss_growth_limit: float) -> dict[str, dict[str, Any]]:
+    """The soak checks: no error, flat memory, no latency drift (module docstring)."""
+    non_200 = {k: v for k, v in out["statuses"].items() if k != "200"}
+    growth = out["rss_growth_window2_to_end"]
+    return {
+        "zero_errors": check(not non_200 and not out["not_sent"], {"non_200": non_200, "not_sent": out["not_sent"]}, 0),
+        "rss_growth_window2_to_end": check(growth < rss_growth_limit, growth, f"< {rss_growth_limit}"),
+        **{f"{q}_last_vs_window2": check(abs(r - 1.0) <= latency_tolerance, r, f"1 +- {latency_tolerance}")
+           for q, r in out["latency_last_over_window2"].items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                    window_s=args.window, sat_clients=tuple(int(c) for c in args.sat_clients.split(",")),
                                    sat_duration_s=args.sat_duration, rss_every_s=args.rss_every, seed=args.seed))
         out["server_log_tail"] = srv.log_tail(1500)
-    out = {"model": model_desc, "machine": machine(), "server_env": env, **out,
+    out = {"model": model_desc, "machine": machine_info(), "server_env": env, **out,
            "seconds": round(time.perf_counter() - t0, 1)}
     write_json(args.out, out)
     for w in out["windows"]:

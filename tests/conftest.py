@@ -25,13 +25,15 @@ def anyio_backend():
 
 @pytest.fixture(scope="session")
 def bundled_server():
-    """The bundled checkpoint served with the default settings (int8) by the real service process on
-    127.0.0.1 at a free port; yields its base URL. One server for the whole session."""
+    """The bundled checkpoint served by the real service process on 127.0.0.1 at a free port, with
+    the settings README's examples are made with (the defaults, int8); yields its base URL. One server
+    for the whole session."""
     if not (BUNDLED_CHECKPOINT / "model.safetensors").is_file():
         pytest.skip("no bundled checkpoint")
-    from reliability.common import ServerProcess
+    from bench.readme_examples import EXAMPLE_SETTINGS
+    from loadtest.server import ServerProcess
 
-    with ServerProcess(BUNDLED_CHECKPOINT) as server:
+    with ServerProcess(BUNDLED_CHECKPOINT, env=EXAMPLE_SETTINGS) as server:
         yield f"http://127.0.0.1:{server.port}"
 
 

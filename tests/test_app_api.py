@@ -1,14 +1,14 @@
 """HTTP tests of the app: lifespan on, httpx.AsyncClient over ASGITransport, a tiny checkpoint
-built here. Slowness, blocking and failures are injected through ``create_app(before_batch=...)``."""
+built here. Slowness, blocking and failures are injected through the model-runner seam
+(``create_app(runner=...)``: ``helpers.BatchHook``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import re
-import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from app.settings import Settings
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
 from conftest import TINY_VOCAB, nan_checkpoint
+from helpers import BatchHook, running_app, sample, wait_until
 
 torch.set_num_threads(1)
 
@@ -44,59 +45,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def settings(checkpoint: Path, **overrides) -> Settings:
     base = dict(model_path=checkpoint, torch_threads=1, max_batch_size=8, max_wait_ms=1, queue_capacity=64,
-                max_pairs_per_request=8, max_chars_per_text=500, max_tokens_per_text=16, request_timeout_s=10,
+                max_items_per_request=8, max_chars_per_text=500, max_tokens_per_text=16, request_timeout_s=10,
                 shutdown_timeout_s=5, materialize_embeddings=True, quantize="none")
     return Settings(**{**base, **overrides})
-
-
-class Gate:
-    """``before_batch`` seam: optionally block, sleep or raise in the next batch(es)."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.sleep_s = 0.0
-        self.fail_next = False
-
-    def __call__(self, items) -> None:
-        self.entered.set()
-        assert self.release.wait(10), "test forgot to release the gate"
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("injected failure in /secret/path/model.py")
-
-    def block(self) -> None:
-        self.entered.clear()
-        self.release.clear()
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 5)
-
-
-@asynccontextmanager
-async def serve(s: Settings, gate: Gate | None = None, lifespan: bool = True):
-    app = create_app(s, before_batch=gate)
-    if not lifespan:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            yield app, client
-        return
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as client:
-            yield app, client
-
-
-def sample(app, name: str, **labels) -> float:
-    return app.state.service.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def wait_until(cond, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def fields(resp: httpx.Response) -> list[str]:
@@ -107,14 +58,14 @@ def fields(resp: httpx.Response) -> list[str]:
 @pytest.mark.anyio
 async def test_readyz_before_and_after_startup(checkpoint):
     s = settings(checkpoint)
-    async with serve(s, lifespan=False) as (app, client):
+    async with running_app(s, lifespan=False) as (app, _, client):
         assert (await client.get("/healthz")).status_code == 200
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "loading" and "retry-after" in r.headers
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 503 and r.json()["error"] == "not_ready"
         assert (await client.get("/info")).status_code == 503
-    async with serve(s) as (app, client):
+    async with running_app(s) as (app, _, client):
         assert (await client.get("/readyz")).status_code == 200
         assert (await client.get("/healthz")).json() == {"status": "ok"}
 
@@ -122,7 +73,7 @@ async def test_readyz_before_and_after_startup(checkpoint):
 @pytest.mark.anyio
 async def test_endpoints_answer_and_match_the_model(checkpoint):
     model = SentenceEncoder.from_pretrained(checkpoint)
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         r = await client.post("/similarity", json={"pairs": [PAIR, {"text_a": "a cat", "text_b": "a cat"}]})
         assert r.status_code == 200, r.text
         body = r.json()
@@ -160,7 +111,7 @@ async def test_endpoints_answer_and_match_the_model(checkpoint):
 @pytest.mark.anyio
 async def test_v1_embeddings_takes_the_openai_request_shape(checkpoint):
     model = SentenceEncoder.from_pretrained(checkpoint)
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         r = await client.post("/v1/embeddings", json={"input": "a cat", "model": "text-embedding-3-small",
                                                       "user": "u1"})
         assert r.status_code == 200, r.text
@@ -201,7 +152,7 @@ def test_the_route_table_is_read_from_the_router(checkpoint):
 @pytest.mark.anyio
 async def test_int8_service_stays_close_to_the_float32_model(checkpoint):
     model = SentenceEncoder.from_pretrained(checkpoint)
-    async with serve(settings(checkpoint, quantize="int8")) as (app, client):
+    async with running_app(settings(checkpoint, quantize="int8")) as (app, _, client):
         info = (await client.get("/info")).json()
         assert info["quantization"] == "int8"
         assert info["parameters"]["total"] == model.parameter_counts()["total"]  # int8 weights still counted
@@ -212,13 +163,13 @@ async def test_int8_service_stays_close_to_the_float32_model(checkpoint):
         ref = model.encode(texts)
         assert not torch.equal(got, ref)  # it did run quantized ...
         assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.99  # ... and close to float32
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         assert (await client.get("/info")).json()["quantization"] == "none"
 
 
 @pytest.mark.anyio
 async def test_truncation_is_flagged_not_an_error(checkpoint):
-    async with serve(settings(checkpoint, max_tokens_per_text=8)) as (app, client):
+    async with running_app(settings(checkpoint, max_tokens_per_text=8)) as (app, _, client):
         r = await client.post("/similarity", json={"pairs": [{"text_a": LONG, "text_b": "a cat"}, PAIR]})
         assert r.status_code == 200 and r.json()["truncated"] == [True, False]
         r = await client.post("/nli", json={"pairs": [{"premise": LONG, "hypothesis": "a cat"}]})
@@ -233,7 +184,7 @@ async def test_truncation_is_flagged_not_an_error(checkpoint):
 async def test_concurrent_requests_are_coalesced_without_changing_scores(checkpoint):
     s = settings(checkpoint, max_wait_ms=50, max_batch_size=32)
     others = ["the woman plays the piano in the park", "red", "a big blue dog runs in the street", "no"]
-    async with serve(s) as (app, client):
+    async with running_app(s) as (app, _, client):
         alone = (await client.post("/similarity", json={"pairs": [PAIR]})).json()["scores"][0]
         passes_before = sample(app, "pete_batch_size_count")
         reqs = [{"pairs": [{"text_a": others[i % 4], "text_b": others[(i + 1) % 4]}]} for i in range(15)]
@@ -248,7 +199,7 @@ async def test_concurrent_requests_are_coalesced_without_changing_scores(checkpo
 
 @pytest.mark.anyio
 async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         messages = [{"type": "http.request", "body": b'{"pairs": [', "more_body": True}, {"type": "http.disconnect"}]
         sent: list[dict] = []
 
@@ -279,19 +230,27 @@ async def test_a_checkpoint_with_nan_weights_fails_start_up(checkpoint, tmp_path
     assert not app.state.service.ready
 
 
+class PoisonedEncoder(SentenceEncoder):
+    """Once ``poison`` is set, the rows whose first word has an odd token id come out NaN."""
+
+    poison = False
+
+    def embed(self, ids, mask):
+        out = super().embed(ids, mask)
+        if self.poison:
+            out[ids[:, 1] % 2 == 1] = float("nan")
+        return out
+
+
 @pytest.mark.anyio
 async def test_a_non_finite_output_is_a_500_for_that_item_never_null_in_a_200(checkpoint):
-    gate = Gate()
-    async with serve(settings(checkpoint), gate) as (app, client):
-        model = app.state.service.model
-        real_embed = model.embed
+    from app.inference import TorchRunner
 
-        def embed(ids, mask):  # poison the rows whose first word has an odd token id
-            out = real_embed(ids, mask)
-            out[ids[:, 1] % 2 == 1] = float("nan")
-            return out
-
-        model.embed = embed
+    gate = BatchHook()
+    runner = functools.partial(TorchRunner.from_settings, load_model=PoisonedEncoder.from_pretrained)
+    async with running_app(settings(checkpoint), gate, runner=runner) as (app, _, client):
+        model = app.state.service.runner.inner.model
+        model.poison = True  # after the warm-up, which would refuse the model
         texts = ["cat", "dog", "man", "park", "red", "blue"]
         r = await client.post("/embeddings", json={"input": texts})
         assert r.status_code == 500 and r.json() == {"error": "internal_error", "message": "internal server error",
@@ -299,13 +258,13 @@ async def test_a_non_finite_output_is_a_500_for_that_item_never_null_in_a_200(ch
         ok = [t for t in texts if model.tokenize([t]).input_ids[0, 1] % 2 == 0]
         bad = [t for t in texts if t not in ok]
         assert ok and bad, "the test needs both kinds of words"
-        gate.block()  # hold a first batch, so that the next requests queue up and share one batch
+        gate.hold()  # hold a first batch, so that the next requests queue up and share one batch
         plug = asyncio.create_task(client.post("/embeddings", json={"input": [ok[0]]}))
         await gate.wait_entered()
         tasks = [asyncio.create_task(client.post("/embeddings", json={"input": [t]})) for t in ok + bad]
         await wait_until(lambda: app.state.service.batcher.depth == len(ok + bad))
         batches_before = sample(app, "pete_batch_size_count")
-        gate.release.set()
+        gate.release()
         assert (await plug).status_code == 200
         codes = [await t for t in tasks]
         assert sample(app, "pete_batch_size_count") - batches_before == 2  # the plug's pass, then one for all
@@ -316,7 +275,7 @@ async def test_a_non_finite_output_is_a_500_for_that_item_never_null_in_a_200(ch
 
 @pytest.mark.anyio
 async def test_no_trailing_slash_redirect_echoes_the_host_header(checkpoint):
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         r = await client.post("/similarity/", json={"pairs": [PAIR]}, headers={"host": "evil.example"})
         assert r.status_code == 404 and "location" not in r.headers and "evil" not in r.text
 
@@ -331,7 +290,7 @@ async def test_a_too_large_body_is_413_even_when_the_queue_is_full(checkpoint):
         assert r.status_code == 413 and r.json()["error"] == "body_too_large"
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 429  # a normal request is still shed
-        gate.release.set()
+        gate.release()
         await asyncio.gather(first, *queued)
 
 
@@ -349,7 +308,7 @@ async def test_validation_errors_are_422_naming_the_field(checkpoint):
         ({"pairs": [PAIR], "extra": 1}, ["extra"]),
         ({"pairs": [PAIR, {"text_a": "x", "text_b": "y" * 501}]}, ["pairs.1.text_b"]),
     ]
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         for payload, expected in cases:
             if isinstance(payload, bytes):
                 r = await client.post("/similarity", content=payload, headers={"content-type": "application/json"})
@@ -366,7 +325,7 @@ async def test_validation_errors_are_422_naming_the_field(checkpoint):
 
 @pytest.mark.anyio
 async def test_too_many_pairs_and_too_large_body_are_413(checkpoint):
-    async with serve(settings(checkpoint, max_body_bytes=2000)) as (app, client):
+    async with running_app(settings(checkpoint, max_body_bytes=2000)) as (app, _, client):
         r = await client.post("/similarity", json={"pairs": [PAIR] * 9})
         assert r.status_code == 413 and fields(r) == ["pairs"]
         r = await client.post("/embeddings", json={"input": ["a"] * 9})
@@ -398,11 +357,11 @@ async def test_too_many_pairs_and_too_large_body_are_413(checkpoint):
 async def busy_service(checkpoint: Path):
     """A service (batch size 2, queue capacity 4) whose first batch, /embeddings ["a", "b"], is held
     on the inference thread: the queue is empty and every new item waits in it until
-    ``gate.release.set()``. Yields (app, client, gate, the first request's task)."""
-    gate = Gate()
-    s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_pairs_per_request=2)
-    async with serve(s, gate) as (app, client):
-        gate.block()
+    ``gate.release()``. Yields (app, client, gate, the first request's task)."""
+    gate = BatchHook()
+    s = settings(checkpoint, max_batch_size=2, queue_capacity=4, max_items_per_request=2)
+    async with running_app(s, gate) as (app, _, client):
+        gate.hold()
         first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
         await gate.wait_entered()
         yield app, client, gate, first
@@ -416,7 +375,7 @@ async def test_full_queue_is_429_with_retry_after(checkpoint):
         r = await client.post("/embeddings", json={"input": ["c"]})
         assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
         assert sample(app, "pete_queue_depth") == 4
-        gate.release.set()
+        gate.release()
         assert (await first).status_code == 200
         assert [(await q).status_code for q in queued] == [200, 200]
         assert sample(app, "pete_rejected_requests_total", reason="queue_full") == 1
@@ -425,13 +384,13 @@ async def test_full_queue_is_429_with_retry_after(checkpoint):
 @pytest.mark.anyio
 async def test_every_retry_after_comes_from_one_setting(checkpoint):
     s = settings(checkpoint, retry_after_s=7)
-    async with serve(s, lifespan=False) as (app, client):  # loading: 503 from a route and from /readyz
+    async with running_app(s, lifespan=False) as (app, _, client):  # loading: 503 from a route and from /readyz
         assert (await client.post("/similarity", json={"pairs": [PAIR]})).headers["retry-after"] == "7"
         assert (await client.get("/readyz")).headers["retry-after"] == "7"
-    gate = Gate()
-    async with serve(settings(checkpoint, retry_after_s=7, max_batch_size=2, queue_capacity=4,
-                              max_pairs_per_request=2), gate) as (app, client):
-        gate.block()
+    gate = BatchHook()
+    async with running_app(settings(checkpoint, retry_after_s=7, max_batch_size=2, queue_capacity=4,
+                              max_items_per_request=2), gate) as (app, _, client):
+        gate.hold()
         first = asyncio.create_task(client.post("/embeddings", json={"input": ["a", "b"]}))
         await gate.wait_entered()
         queued = [asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]})) for _ in range(2)]
@@ -445,7 +404,7 @@ async def test_every_retry_after_comes_from_one_setting(checkpoint):
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 503 and r.headers["retry-after"] == "7"
         assert (await client.get("/readyz")).headers["retry-after"] == "7"
-        gate.release.set()
+        gate.release()
         await asyncio.gather(first, *queued, stopping)
 
 
@@ -465,15 +424,15 @@ async def test_full_queue_sheds_load_before_parsing_and_keeps_what_fits(checkpoi
                                   headers={"content-type": "application/json"})).status_code == 422
         last = asyncio.create_task(client.post("/embeddings", json={"input": ["c"]}))
         await wait_until(lambda: app.state.service.batcher.depth == 4)
-        gate.release.set()
+        gate.release()
         assert [(await t).status_code for t in (first, *queued, last)] == [200, 200, 200, 200]
         assert (await client.get("/healthz")).status_code == 200  # GETs are never shed
 
 
 @pytest.mark.anyio
 async def test_slow_batch_is_504_and_service_recovers(checkpoint):
-    gate = Gate()
-    async with serve(settings(checkpoint, request_timeout_s=0.1), gate) as (app, client):
+    gate = BatchHook()
+    async with running_app(settings(checkpoint, request_timeout_s=0.1), gate) as (app, _, client):
         gate.sleep_s = 0.4
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 504 and r.json()["error"] == "timeout"
@@ -485,7 +444,7 @@ async def test_slow_batch_is_504_and_service_recovers(checkpoint):
 
 @pytest.mark.anyio
 async def test_api_key_required_on_post_routes_only(checkpoint):
-    async with serve(settings(checkpoint, api_key="s3cret")) as (app, client):
+    async with running_app(settings(checkpoint, api_key="s3cret")) as (app, _, client):
         body = {"pairs": [PAIR]}
         r = await client.post("/similarity", json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -502,8 +461,8 @@ async def test_api_key_required_on_post_routes_only(checkpoint):
 
 @pytest.mark.anyio
 async def test_failed_batch_is_generic_500_and_next_batch_succeeds(checkpoint):
-    gate = Gate()
-    async with serve(settings(checkpoint), gate) as (app, client):
+    gate = BatchHook()
+    async with running_app(settings(checkpoint), gate) as (app, _, client):
         gate.fail_next = True
         r = await client.post("/similarity", json={"pairs": [PAIR]})
         assert r.status_code == 500
@@ -534,10 +493,10 @@ async def test_every_error_status_has_one_shape(checkpoint):
     def keep(r: httpx.Response) -> None:
         seen.append((r.status_code, assert_one_error_shape(r), r))
 
-    async with serve(settings(checkpoint), lifespan=False) as (app, client):
+    async with running_app(settings(checkpoint), lifespan=False) as (app, _, client):
         keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 503 not_ready
-    gate = Gate()
-    async with serve(settings(checkpoint, api_key="k", max_body_bytes=2000, request_timeout_s=0.2), gate) as (app, c):
+    gate = BatchHook()
+    async with running_app(settings(checkpoint, api_key="k", max_body_bytes=2000, request_timeout_s=0.2), gate) as (app, _, c):
         key = {"X-API-Key": "k"}
         keep(await c.post("/similarity", json={"pairs": [PAIR]}))  # 401
         keep(await c.post("/similarity", content=b"{}", headers={**key, "content-length": "x"}))  # 400, middleware
@@ -560,7 +519,7 @@ async def test_every_error_status_has_one_shape(checkpoint):
         keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 429 shed by the middleware
         stopping = asyncio.create_task(app.state.service.stop())
         await asyncio.sleep(0.01)
-        gate.release.set()
+        gate.release()
         await asyncio.gather(first, *queued, stopping)
         keep(await client.post("/similarity", json={"pairs": [PAIR]}))  # 503 shutting_down
     assert [(status, code) for status, code, _ in seen] == [
@@ -574,10 +533,10 @@ async def test_every_error_status_has_one_shape(checkpoint):
 
 @pytest.mark.anyio
 async def test_shutdown_drains_in_flight_and_refuses_new_with_503(checkpoint):
-    gate = Gate()
-    async with serve(settings(checkpoint), gate) as (app, client):
+    gate = BatchHook()
+    async with running_app(settings(checkpoint), gate) as (app, _, client):
         svc = app.state.service
-        gate.block()
+        gate.hold()
         in_flight = asyncio.create_task(client.post("/similarity", json={"pairs": [PAIR]}))
         await gate.wait_entered()
         stopping = asyncio.create_task(svc.stop())  # what the lifespan does on shutdown
@@ -586,7 +545,7 @@ async def test_shutdown_drains_in_flight_and_refuses_new_with_503(checkpoint):
         assert r.status_code == 503 and r.json()["error"] == "shutting_down" and r.headers["retry-after"] == "1"
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "draining"
-        gate.release.set()
+        gate.release()
         assert (await in_flight).status_code == 200
         await stopping
 
@@ -594,7 +553,7 @@ async def test_shutdown_drains_in_flight_and_refuses_new_with_503(checkpoint):
 # ---- metrics ----------------------------------------------------------------------------------
 @pytest.mark.anyio
 async def test_metrics_exposed_and_moving(checkpoint):
-    async with serve(settings(checkpoint)) as (app, client):
+    async with running_app(settings(checkpoint)) as (app, _, client):
         before = (await client.get("/metrics")).text
         for _ in range(2):
             assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
@@ -624,25 +583,19 @@ async def test_metrics_exposed_and_moving(checkpoint):
 
 @pytest.mark.anyio
 async def test_request_cancelled_while_queued_is_dropped_before_compute(checkpoint):
-    gate = Gate()
-    seen: list[list[str]] = []
-
-    def recording_gate(items):
-        seen.append([it.text for it in items])
-        gate(items)
-
-    async with serve(settings(checkpoint, max_batch_size=2), recording_gate) as (app, client):
-        gate.block()
+    gate = BatchHook()
+    async with running_app(settings(checkpoint, max_batch_size=2), gate) as (app, _, client):
+        gate.hold()
         first = asyncio.create_task(client.post("/embeddings", json={"input": ["a cat", "a dog"]}))
         await gate.wait_entered()
         gone = asyncio.create_task(client.post("/similarity", json={"pairs": [{"text_a": "red", "text_b": "blue"}]}))
         await wait_until(lambda: app.state.service.batcher.depth == 2)
         gone.cancel()  # the client goes away while its items wait in the queue
         await asyncio.wait({gone})
-        gate.release.set()
+        gate.release()
         assert (await first).status_code == 200
         await wait_until(lambda: sample(app, "pete_dropped_items_total") == 2)
-        assert seen == [["a cat", "a dog"]]
+        assert gate.batches == [["a cat", "a dog"]]
         assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
 
 

@@ -1,4 +1,4 @@
-"""MicroBatcher (with a fake compute) and ModelRunner (with a tiny model): batching, failures,
+"""MicroBatcher (with a fake compute) and TorchRunner (with a tiny model): batching, failures,
 dropping, draining, and batching invariance."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem
-from app.inference import ModelRunner, cosine
+from app.inference import TorchRunner, cosine
 from app.metrics import Metrics
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
@@ -196,7 +196,7 @@ async def test_stop_timeout_fails_leftovers_with_closed():
     rec.release.set()
 
 
-# ---- ModelRunner: batching does not change results ------------------------------------------
+# ---- TorchRunner: batching does not change results ------------------------------------------
 OTHERS = ["a dog", "the woman plays the piano in the park and the child sleeps on the mat",
           "red", "a big blue dog runs in the street", "no", "the cat is not playing music"]
 
@@ -205,7 +205,7 @@ OTHERS = ["a dog", "the woman plays the piano in the park and the child sleeps o
 def test_batching_invariance(head):
     model = tiny_model(head)
     passes: list[tuple[int, int]] = []
-    runner = ModelRunner(model, max_tokens=32, max_batch_size=4, max_batch_tokens=40,
+    runner = TorchRunner.for_model(model, max_tokens=32, max_batch_size=4, max_batch_tokens=40,
                          observe_pass=lambda n, t: passes.append((n, t)))
     a, b = "a man is playing a guitar", "the man plays music"
     alone = runner([WorkItem("embed", a), WorkItem("embed", b), WorkItem("nli", a, b)])
@@ -234,7 +234,7 @@ def test_a_pair_alone_and_in_a_batch_of_32_gets_the_same_probabilities(head):
     with torch.no_grad():  # a head far from uniform, so that a leak between rows would show
         for p in model.parameters():
             p.normal_(0, 0.3)
-    runner = ModelRunner(model, max_tokens=32, max_batch_size=8, max_batch_tokens=200)
+    runner = TorchRunner.for_model(model, max_tokens=32, max_batch_size=8, max_batch_tokens=200)
     a, b = "a man is playing a guitar", "the man plays music"
     alone = runner([WorkItem("nli", a, b)])[0].probabilities
     rng = np.random.default_rng(0)
@@ -247,7 +247,7 @@ def test_a_pair_alone_and_in_a_batch_of_32_gets_the_same_probabilities(head):
 
 def test_truncation_is_flagged_not_rejected():
     model = tiny_model()
-    runner = ModelRunner(model, max_tokens=6, max_batch_size=8, max_batch_tokens=1000)
+    runner = TorchRunner.for_model(model, max_tokens=6, max_batch_size=8, max_batch_tokens=1000)
     long = "the cat sat on the mat and the dog runs in the park"
     out = runner([WorkItem("embed", long), WorkItem("embed", "a cat"), WorkItem("nli", "a cat", long)])
     assert [o.truncated for o in out] == [True, False, True]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.cli import OPTIONS, apply_options, build_parser
-from bench.common import free_port
+from loadtest.server import free_port
 from conftest import nan_checkpoint, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +91,9 @@ def test_make_serve_honours_pete_host_and_port_and_make_variables_win(env, args,
 
 
 def test_a_checkpoint_with_nan_weights_stops_start_up_with_a_clear_message(tmp_path):
-    from reliability.common import build_checkpoint
+    from loadtest.fixtures import random_checkpoint
 
-    nan_checkpoint(build_checkpoint(tmp_path / "tiny"), tmp_path / "nan")
+    nan_checkpoint(random_checkpoint(tmp_path / "tiny"), tmp_path / "nan")
     r = run("--model", str(tmp_path / "nan"), "--port", str(free_port()), env={"PETE_TORCH_THREADS": "1"}, timeout=120)
     assert r.returncode != 0
     assert "checkpoint's weights are corrupt (non-finite)" in r.stdout + r.stderr

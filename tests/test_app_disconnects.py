@@ -10,7 +10,9 @@ import time
 
 import httpx
 
-from reliability.common import ServerProcess, build_checkpoint, metric, parse_metrics
+from loadtest.fixtures import random_checkpoint
+from loadtest.prom import metric, parse_metrics
+from loadtest.server import ServerProcess
 
 
 def test_pipelined_requests_then_disconnect_log_no_trace_and_count_499(tmp_path):
@@ -18,7 +20,7 @@ def test_pipelined_requests_then_disconnect_log_no_trace_and_count_499(tmp_path)
     req = (b"POST /similarity HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     rounds = 5
-    with ServerProcess(build_checkpoint(tmp_path / "tiny"), env={"PETE_LOG_LEVEL": "info"},
+    with ServerProcess(random_checkpoint(tmp_path / "tiny"), env={"PETE_LOG_LEVEL": "info"},
                        log_path=tmp_path / "server.log") as srv:
         for _ in range(rounds):
             with socket.create_connection(("127.0.0.1", srv.port)) as s:

@@ -15,7 +15,7 @@ def test_env_prefix_and_defaults(monkeypatch):
     s = Settings()
     assert s.max_batch_size == 7 and s.max_wait_ms == 2.5 and s.api_key.get_secret_value() == "zq-secret-9"
     assert "zq-secret-9" not in repr(s)  # the key is a SecretStr
-    assert s.model_path == DEFAULT_MODEL_PATH and s.materialize_embeddings is False and s.quantize == "int8"
+    assert s.model_path == DEFAULT_MODEL_PATH and s.materialize_embeddings is False and s.quantize == "auto"
 
 
 def test_empty_api_key_means_no_auth(monkeypatch):
@@ -23,11 +23,19 @@ def test_empty_api_key_means_no_auth(monkeypatch):
     assert Settings().api_key is None
 
 
+def test_max_items_per_request_reads_its_new_and_its_former_name(monkeypatch):
+    monkeypatch.setenv("PETE_MAX_PAIRS_PER_REQUEST", "9")
+    assert Settings().max_items_per_request == 9
+    monkeypatch.setenv("PETE_MAX_ITEMS_PER_REQUEST", "7")
+    assert Settings().max_items_per_request == 7  # the new name wins
+    assert Settings(max_items_per_request=5).max_items_per_request == 5
+
+
 def test_invalid_settings_are_refused():
     with pytest.raises(ValidationError):
         Settings(max_batch_size=0)
     with pytest.raises(ValidationError):
-        Settings(queue_capacity=10, max_pairs_per_request=6)  # a full /similarity request would never fit
+        Settings(queue_capacity=10, max_items_per_request=6)  # a full /similarity request would never fit
 
 
 def test_every_field_is_documented():
@@ -40,5 +48,5 @@ def test_module_level_app_loads_nothing():
     from app.main import app, create_app
 
     svc = app.state.service
-    assert svc.model is None and svc.batcher is None and not svc.ready
+    assert svc.runner is None and svc.model_info is None and svc.batcher is None and not svc.ready
     assert callable(create_app) and callable(main)

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from app.cli import metrics_directory
-from bench.common import free_port
 from conftest import wait_ready
-from reliability.common import build_checkpoint, parse_metrics
+from loadtest.fixtures import random_checkpoint
+from loadtest.prom import parse_metrics
+from loadtest.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PETE_SERVE = Path(sys.executable).parent / "pete-serve"
@@ -74,7 +75,7 @@ def test_metrics_directory_is_fresh_per_run_and_only_for_several_workers(tmp_pat
 
 
 def test_pete_serve_with_two_workers_reports_every_request_from_any_worker(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "tiny")
+    ckpt = random_checkpoint(tmp_path / "tiny")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PETE_", "PROMETHEUS_"))}
     env.update(PETE_TORCH_THREADS="1", PETE_LOG_LEVEL="warning", TMPDIR=str(tmp_path))

@@ -1,5 +1,5 @@
-"""bench/: the pieces the benchmark reports are built from (percentiles, tables, FLOP counting,
-log parsing, target evaluation). Fast, no servers, no training."""
+"""bench/: the pieces the benchmark reports are built from (tables, FLOP counting, log parsing,
+target evaluation). Fast, no servers, no training."""
 
 from __future__ import annotations
 
@@ -18,46 +18,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (fmt_num, free_port, latency_summary, make_random_checkpoint, markdown_table, percentile,
-                          proc_cpu_seconds, proc_memory, process_tree, tree_cpu_seconds,
-                          tree_memory, write_json)
+from bench.common import fmt_num, markdown_table
 from bench.embedding_study import add_ratios, mean_step_time, parse_step_times, stage_spec, study_markdown
 from bench.flops import (encoder_forward_flops, flop_spec, flops_markdown, linear_params_per_token, measure_matmul,
                          run_flops_section)
-from bench.serving import evaluate_targets, parse_metrics, probe_agreement, request_bodies
+from bench.serving import evaluate_targets, probe_agreement
+from loadtest.fixtures import random_checkpoint
 
 torch.set_num_threads(1)
 
 
-# ---- percentiles and tables ----------------------------------------------------------------------
-def test_percentile_hand_values():
-    xs = [4.0, 1.0, 3.0, 2.0]
-    assert percentile(xs, 0) == 1.0
-    assert percentile(xs, 100) == 4.0
-    assert percentile(xs, 50) == 2.5
-    assert percentile(xs, 25) == pytest.approx(1.75)
-    assert percentile([7.0], 99) == 7.0
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError):
-        percentile(xs, 101)
-
-
-def test_percentile_matches_numpy_linear():
-    rng = random.Random(0)
-    xs = [rng.expovariate(1.0) for _ in range(257)]
-    for q in (1, 50, 95, 99, 99.9):
-        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)), rel=1e-12)
-
-
-def test_latency_summary_in_ms():
-    s = latency_summary([0.001, 0.002, 0.003, 0.004, 0.100])
-    assert s["n"] == 5
-    assert s["p50_ms"] == pytest.approx(3.0)
-    assert s["max_ms"] == pytest.approx(100.0)
-    assert s["mean_ms"] == pytest.approx(22.0)
-    assert math.isnan(latency_summary([])["p99_ms"])
-
-
+# ---- tables ---------------------------------------------------------------------------------------
 def test_markdown_table_formats_and_escapes():
     rows = [{"a": 1234567, "b": 0.12345, "c": "x|y"}, {"a": None, "b": float("nan")}]
     md = markdown_table(rows, [("a", "A"), ("b", "B", lambda v: fmt_num(v, 3)), ("c", "C")])
@@ -69,32 +40,9 @@ def test_markdown_table_formats_and_escapes():
     assert fmt_num(True) == "yes"
 
 
-def test_write_json_turns_nan_into_null(tmp_path):
-    p = write_json(tmp_path / "sub" / "r.json", {"x": float("nan"), "y": [1.5, float("inf")], "p": tmp_path})
-    data = json.loads(p.read_text())
-    assert data["x"] is None and data["y"] == [1.5, None] and data["p"] == str(tmp_path)
-
-
-def test_proc_helpers_on_this_process():
-    if not Path("/proc/self/status").exists():
-        pytest.skip("no /proc")
-    mem = proc_memory(os.getpid())
-    assert mem["rss_bytes"] > 10 * 2**20 and mem["hwm_bytes"] >= mem["rss_bytes"]
-    assert proc_cpu_seconds(os.getpid()) > 0
-    assert proc_memory(2**22 + 12345) == {}  # no such process
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:  # a process tree: this process and its child, both counted
-        assert child.pid in process_tree(os.getpid()) and os.getpid() in process_tree(os.getpid())
-        assert tree_memory(os.getpid())["rss_bytes"] > mem["rss_bytes"]
-        assert tree_cpu_seconds(os.getpid()) >= proc_cpu_seconds(os.getpid())
-    finally:
-        child.kill()
-        child.wait()
-    assert 0 < free_port() < 65536
-
-
 # ---- FLOP counting ---------------------------------------------------------------------------------
-SPEC = {"dim": 4, "ffn_dim": 8, "n_layers": 1, "ffn_matrices": 3, "embedding": "fourier", "mlp_hidden": 3}
+SPEC = {"dim": 4, "ffn_dim": 8, "n_layers": 1, "ffn_matrices": 3, "embedding": "fourier",
+        "embedding_options": {"mlp_hidden": 3}}
 
 
 def test_flops_hand_count():
@@ -137,16 +85,16 @@ def test_flops_linear_part_matches_torch_flop_counter():
 def test_flop_spec_reads_the_config(tmp_path):
     from model.encoder import SentenceEncoder
 
-    model = SentenceEncoder.from_pretrained(make_random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
+    model = SentenceEncoder.from_pretrained(random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
     spec = flop_spec(model)
     assert (spec["dim"], spec["ffn_dim"], spec["n_layers"], spec["ffn_matrices"]) == (16, 24, 1, 3)
-    assert spec["mlp_hidden"] == 16
+    assert spec["embedding"] == "fourier_geo" and spec["embedding_options"] == {"mlp_hidden": 16}
 
 
 def test_flops_section_smoke(tmp_path):
     from model.encoder import SentenceEncoder
 
-    model = SentenceEncoder.from_pretrained(make_random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
+    model = SentenceEncoder.from_pretrained(random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
     texts = ["a man plays a guitar .", "a dog runs in the park", "two children sit"]
     sec = run_flops_section(model, texts, threads=[1], batch_sizes=[2], seconds=0.03, matmul_n=32,
                             profile_iterations=2, quantize=("none", "int8"))
@@ -208,22 +156,6 @@ def test_study_markdown_and_ratios():
 
 
 # ---- serving bookkeeping ---------------------------------------------------------------------------
-def test_request_bodies_and_metrics_parsing():
-    bodies = request_bodies([("a", "b"), ("c", "d"), ("e", "f")], pairs_per_request=2)
-    assert len(bodies) == 1
-    assert json.loads(bodies[0]) == {"pairs": [{"text_a": "a", "text_b": "b"}, {"text_a": "c", "text_b": "d"}]}
-    nli = request_bodies([("a", "b")], pairs_per_request=1, endpoint="nli")
-    assert json.loads(nli[0]) == {"pairs": [{"premise": "a", "hypothesis": "b"}]}
-    text = """# HELP x
-pete_batch_size_sum 10.0
-pete_batch_size_count 4.0
-pete_request_duration_seconds_count{endpoint="/similarity",status="200"} 3.0
-pete_request_duration_seconds_count{endpoint="/similarity",status="429"} 2.0
-"""
-    m = parse_metrics(text)
-    assert m["pete_batch_size_sum"] == 10.0 and m["pete_request_duration_seconds_count"] == 5.0
-
-
 def test_the_baseline_scenario_serves_the_other_checkpoint():
     from bench.serving import build_scenarios
 

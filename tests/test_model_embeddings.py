@@ -13,8 +13,9 @@ from model.embeddings import (
     EMBEDDINGS,
     FourierEmbedding,
     HashedEmbedding,
-    HashSignatureEmbedding,
+    HashedNoTableEmbedding,
     build_embedding,
+    embedding_flops,
     embedding_parameter_count,
     universal_hash,
 )
@@ -156,6 +157,10 @@ def test_registry_rejects_unknown_kind_and_option():
         embedding_parameter_count("nope", 10, 4)
     with pytest.raises(TypeError):
         build_embedding("learned", 10, 4, mlp_hidden=3)
+    with pytest.raises(TypeError, match="ladder"):  # an option the registry name fixes
+        build_embedding("fourier_geo", 10, 4, ladder="linear")
+    with pytest.raises(ValueError):
+        embedding_flops("nope", 4, 10, 10, False)
     with pytest.raises(ValueError):
         FourierEmbedding(10, 5)  # odd width
 
@@ -172,7 +177,7 @@ def test_universal_hash_range_and_determinism():
 # nothing and h(p) was affine in p (with B = 2 a function of p's parity). Drawing a in [1, P) and
 # b in [0, P) makes all 30522 ids distinct in both kinds.
 def test_hash_signatures_distinguish_frequent_ids():
-    emb = HashSignatureEmbedding(V, 8, num_bits=128)
+    emb = HashedNoTableEmbedding(V, 8, num_bits=128)
     bits = universal_hash(torch.arange(2048), emb.a, emb.b, 2)
     assert torch.unique(bits, dim=0).shape[0] == 2048
 
@@ -181,3 +186,24 @@ def test_hashed_buckets_distinguish_almost_all_ids():
     emb = HashedEmbedding(V, 8)  # defaults: 2048 buckets, 2 hashes -> 4M bucket pairs for 30522 ids
     pairs = universal_hash(torch.arange(V), emb.a, emb.b, emb.buckets)
     assert torch.unique(pairs, dim=0).shape[0] > 0.99 * V
+
+
+@pytest.mark.parametrize("kind,options", [(k, o) for k, o, _ in KINDS], ids=[k for k, _, _ in KINDS])
+def test_each_kind_counts_the_flops_torch_counts(kind, options):
+    """Each kind's own FLOP formula (what the benchmarks report) equals torch's FLOP counter on a
+    batch with repeated ids, computed per batch and, for kinds with a table, materialized."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d = 16
+    emb = build_embedding(kind, 1000, d, **options).eval()
+    ids = torch.tensor([[0, 1, 2, 500, 7], [7, 7, 0, 0, 3]])
+    tokens, unique = ids.numel(), len(torch.unique(ids))
+    for materialized in (False, True):
+        if materialized:
+            if not hasattr(emb, "materialize"):
+                continue
+            emb.materialize()
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            emb(ids)
+        assert counter.get_total_flops() == embedding_flops(kind, d, tokens, unique, materialized, **options), materialized

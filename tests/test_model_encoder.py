@@ -373,7 +373,7 @@ def test_bundled_checkpoint_answers_plain_nli_pairs(quantize):
 
 
 def test_long_texts_are_cut_to_the_character_budget_before_tokenizing():
-    from model.encoder import CHARS_PER_TOKEN
+    from model.tokenizer import CHARS_PER_TOKEN
 
     model = tiny_model()
     budget = 8 * CHARS_PER_TOKEN
@@ -387,3 +387,21 @@ def test_long_texts_are_cut_to_the_character_budget_before_tokenizing():
     assert tb.truncated == [True] and tb.lengths == [3]  # [CLS] cat [SEP]: "dog" lay beyond the budget
     pair = model.tokenize(["a cat"], [spaced], max_tokens=8)
     assert pair.truncated == [True]
+
+
+def test_auto_quantization_takes_int8_only_where_it_measures_faster():
+    from model.quantize import INT8_MIN_SPEEDUP, int8_speedup, resolve_quantization
+
+    calls = []
+
+    def speedup(value):
+        return lambda i, o: calls.append((i, o)) or value
+
+    assert resolve_quantization("auto", 256, 1024, speedup(2.5)) == "int8"
+    assert resolve_quantization("auto", 256, 1024, speedup(INT8_MIN_SPEEDUP - 0.01)) == "none"
+    assert calls == [(256, 1024), (256, 1024)]  # measured at the model's feed-forward shape
+    assert resolve_quantization("none", 256, 1024, speedup(9.0)) == "none"  # explicit settings: kept
+    assert resolve_quantization("int8", 256, 1024, speedup(0.1)) == "int8"
+    with pytest.raises(ValueError, match="unknown quantization"):
+        resolve_quantization("int4", 256, 1024)
+    assert int8_speedup(32, 64, rows=8, repeats=1) > 0  # a real measurement: a positive time ratio

@@ -110,13 +110,13 @@ TINY = ["--threads", "1", "--tokenizer", "bert", "--dim", "32", "--layers", "1",
         "--log-every", "10", "--save-every", "10", "--lr", "3e-3"]
 
 
-def run_train(data_dir: Path, out: Path, *extra: str) -> None:
-    train.main(["--data-dir", str(data_dir), "--out", str(out), *TINY, *extra])
+def run_train(data_dir: Path, out: Path, *extra: str, stage_table=stages.STAGES) -> None:
+    train.main(["--data-dir", str(data_dir), "--out", str(out), *TINY, *extra], stages=stage_table)
 
 
-def replace_loss(monkeypatch, name: str, loss) -> None:
-    """Swap the loss of stage ``name`` for ``loss`` for one test."""
-    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], loss=loss))
+def with_loss(table, name: str, loss) -> dict:
+    """A copy of the stage table ``table`` with stage ``name``'s loss replaced by ``loss``."""
+    return {**table, name: dataclasses.replace(table[name], loss=loss)}
 
 
 def fixed_batch_loss(model: SentenceEncoder) -> float:
@@ -198,7 +198,7 @@ def test_contrastive_training_lowers_the_loss(data_dir, tmp_path):
     assert (tmp_path / "run" / "after_0_contrastive" / "model.safetensors").is_file()
 
 
-def test_fresh_run_all_stages_then_rerun_does_not_retrain(data_dir, tmp_path, monkeypatch):
+def test_fresh_run_all_stages_then_rerun_does_not_retrain(data_dir, tmp_path):
     out = tmp_path / "run"
     args = ("--stages", "contrastive:3,sts:3,nli:3", "--tokenizer", "frequency", "--nli-aux-weight", "0.5")
     run_train(data_dir, out, *args)
@@ -218,15 +218,16 @@ def test_fresh_run_all_stages_then_rerun_does_not_retrain(data_dir, tmp_path, mo
     def must_not_train(*a, **k):
         raise AssertionError("a completed run trained again")
 
+    never_again = stages.STAGES
     for name in stages.STAGES:
-        replace_loss(monkeypatch, name, must_not_train)
-    run_train(data_dir, out, *args)
+        never_again = with_loss(never_again, name, must_not_train)
+    run_train(data_dir, out, *args, stage_table=never_again)
     again = weights(out / "final")
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
     SentenceEncoder.from_pretrained(out / "final").encode(["A dog is running."])
 
 
-def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path):
     args = ("--stages", "contrastive:6", "--save-every", "2")
     run_train(data_dir, tmp_path / "straight", *args)
 
@@ -238,12 +239,11 @@ def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path, monkeypat
             raise KeyboardInterrupt
         return original(ctx, rng)
 
-    replace_loss(monkeypatch, "contrastive", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        run_train(data_dir, tmp_path / "resumed", *args)
+        run_train(data_dir, tmp_path / "resumed", *args,
+                  stage_table=with_loss(stages.STAGES, "contrastive", crash_at_step_5))
     assert not (tmp_path / "resumed" / "final").exists()
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["step"] == 4
-    replace_loss(monkeypatch, "contrastive", original)
     run_train(data_dir, tmp_path / "resumed", *args)
     a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "resumed" / "final")
     for k in a:

@@ -1,5 +1,5 @@
 """Reliability, faults: an exception in one batch, one slow batch, a client gone while its work is
-queued (in-process, through the ``before_batch`` seam), then SIGTERM under load and a disconnect
+queued (in-process, a batch hook through the model-runner seam), then SIGTERM under load and a disconnect
 storm against the real process (short versions of ``python -m reliability.faults``)."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from reliability.asgi import BatchHook, make_settings, request_then_disconnect, running_app, sample, wait_until
-from reliability.common import build_checkpoint, find_leaks
+from helpers import BatchHook, make_settings, request_then_disconnect, running_app, sample, wait_until
+
+from loadtest.fixtures import random_checkpoint
+from reliability.common import find_leaks
 from reliability.faults import disconnect_storm, sigterm_under_load
 
 GENERIC_500 = {"error": "internal_error", "message": "internal server error", "detail": None}
@@ -19,7 +21,7 @@ GENERIC_500 = {"error": "internal_error", "message": "internal server error", "d
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
 
 
 def pair(tag: str) -> dict:
@@ -34,7 +36,7 @@ def in_batch(tag: str, batch: list[str]) -> bool:
 @pytest.mark.anyio
 async def test_exception_in_one_batch_fails_only_that_batch(tiny):
     hook = BatchHook()
-    s = make_settings(tiny, max_batch_size=8, max_wait_ms=20, queue_capacity=64, max_pairs_per_request=8)
+    s = make_settings(tiny, max_batch_size=8, max_wait_ms=20, queue_capacity=64, max_items_per_request=8)
     async with running_app(s, hook) as (app, _, client):
         hook.hold()
         plug = asyncio.create_task(client.post("/embeddings", json={"input": ["plug"]}))

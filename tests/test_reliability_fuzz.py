@@ -9,14 +9,15 @@ import json
 
 import pytest
 
-from reliability.asgi import make_settings, running_app
-from reliability.common import build_checkpoint
+from helpers import make_settings, running_app
+
+from loadtest.fixtures import random_checkpoint
 from reliability.fuzz import edge_cases, fuzz_schema, judge_edge
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ async def test_unicode_edge_cases_raised_limits_reach_the_model(tiny):
         rows = await _send_all(client)
         r = await client.post("/embeddings", content=json.dumps({"input": ["x" * 1_000_000, "a\n" + "\n" * 10_000 + "b"]}),
                               headers={"content-type": "application/json"})
-        # both texts pass the character budget (max tokens x model.encoder.CHARS_PER_TOKEN), so they are
+        # both texts pass the character budget (max tokens x model.tokenizer.CHARS_PER_TOKEN), so they are
         # cut before tokenizing and flagged: the 1 MB token is still one [UNK]; the trailing "b" is
         # beyond the budget
         assert r.status_code == 200 and [d["truncated"] for d in r.json()["data"]] == [True, True]

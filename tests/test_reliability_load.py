@@ -16,7 +16,9 @@ import asyncio
 
 import pytest
 
-from reliability.common import ServerProcess, build_checkpoint, saturation, similarity_bodies
+from loadtest.fixtures import random_checkpoint, similarity_bodies
+from loadtest.load import saturation
+from loadtest.server import ServerProcess
 from reliability.overload import run_overload
 from reliability.soak import run_soak
 
@@ -28,7 +30,7 @@ _SAT: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("load")
-    ckpt = build_checkpoint(work / "reference", "reference")
+    ckpt = random_checkpoint(work / "reference", "reference")
     with ServerProcess(ckpt, env={"PETE_QUEUE_CAPACITY": str(CAPACITY)}, log_path=work / "server.log") as srv:
         yield srv
 
@@ -82,9 +84,9 @@ async def test_startup_freezes_the_loaded_objects_out_of_the_gc(tmp_path):
     ~0.1 s under load (429 p99 114-215 ms before, 13-14 ms after, on a busy 2-core machine)."""
     import gc
 
-    from reliability.asgi import make_settings, running_app
+    from helpers import make_settings, running_app
 
-    ckpt = build_checkpoint(tmp_path / "tiny", "tiny")
+    ckpt = random_checkpoint(tmp_path / "tiny", "tiny")
     gc.unfreeze()
     async with running_app(make_settings(ckpt)) as (app, _, client):
         assert (await client.get("/readyz")).status_code == 200

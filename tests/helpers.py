@@ -1,6 +1,6 @@
-"""In-process helpers for the reliability tests: the app with its lifespan running, an httpx client
-over ASGI, a ``before_batch`` hook that records / blocks / slows / fails batches, and a raw ASGI
-request whose client disconnects on cue."""
+"""In-process test helpers: the app with its lifespan running and an httpx client over ASGI, a batch
+hook (plugged in through the model-runner seam, ``reliability.harness.hooked``) that records / holds /
+slows / fails batches, metric samples, and a raw ASGI request whose client disconnects on cue."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import httpx
 
 from app.main import create_app
 from app.settings import Settings
+from reliability.harness import hooked
 
 
 def make_settings(model_path: str | Path, **overrides: Any) -> Settings:
@@ -23,11 +24,19 @@ def make_settings(model_path: str | Path, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings, before_batch=None) -> AsyncIterator[tuple[Any, Any, httpx.AsyncClient]]:
-    """(app, the lifespan-wrapped ASGI app, an httpx client over it); app exceptions become responses."""
+async def running_app(settings: Settings, hook: "BatchHook | None" = None, *, runner=None,
+                      lifespan: bool = True) -> AsyncIterator[tuple[Any, Any, httpx.AsyncClient]]:
+    """(app, the lifespan-wrapped ASGI app, an httpx client over it); app exceptions become responses.
+
+    ``hook`` runs before every batch (``reliability.harness.hooked`` around ``runner``, default the
+    torch runner); ``lifespan=False``: the app is not started (it answers as while loading)."""
     from asgi_lifespan import LifespanManager
 
-    app = create_app(settings, before_batch=before_batch)
+    app = create_app(settings, runner=hooked(hook, runner) if hook is not None else runner)
+    if not lifespan:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as client:
+            yield app, app, client
+        return
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
@@ -48,9 +57,10 @@ async def wait_until(cond, timeout: float = 5.0, what: str = "condition") -> Non
 
 
 class BatchHook:
-    """``before_batch`` seam: records each batch's texts; can hold batches (``hold()`` /
-    ``release()``), sleep in chosen batches (``slow[n] = seconds``) or raise in them (``fail``),
-    batches numbered from 1."""
+    """Runs before every batch (on the inference thread): records each batch's texts; can hold
+    batches (``hold()`` / ``release()``), sleep in chosen batches (``slow[n] = seconds``) or in all
+    (``sleep_s``), raise in chosen ones (``fail``) or in the next one (``fail_next``); batches
+    numbered from 1."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -58,7 +68,9 @@ class BatchHook:
         self._release = threading.Event()
         self._release.set()
         self.slow: dict[int, float] = {}
+        self.sleep_s = 0.0
         self.fail: set[int] = set()
+        self.fail_next = False
 
     def __call__(self, items) -> None:
         self.batches.append([it.text for it in items])  # one inference thread: no race
@@ -66,9 +78,10 @@ class BatchHook:
         self.entered.set()
         if not self._release.wait(30):
             raise RuntimeError("test never released the batch")
-        if n in self.slow:
-            time.sleep(self.slow[n])
-        if n in self.fail:
+        if self.slow.get(n, self.sleep_s):
+            time.sleep(self.slow.get(n, self.sleep_s))
+        if n in self.fail or self.fail_next:
+            self.fail_next = False
             raise RuntimeError(f"injected failure in batch {n} at /srv/pete/app/model.py line 42")
 
     def hold(self) -> None:
