@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
-# pete-serve image: CPU-only torch, pinned runtime deps from requirements.lock (the same file
-# `make serve` / `make test` install from), the project with its bundled checkpoint.
+# pete-serve images, two targets:
+#   runtime (default): CPU-only torch, pinned runtime deps from requirements.lock (the same file
+#     `make serve` / `make test` install from), the project with its bundled checkpoint.
+#   slim: no torch: ONNX Runtime (PETE_BACKEND=onnx) serving the bundled checkpoint exported by
+#     pete-export in a build stage; deps from requirements-slim.lock.
 #
-#   make image                     (docker when its daemon answers, else podman/buildah: deploy/image/build.sh)
-#   docker build -t pete-serve:0.1.0 .
+#   make image / make image-slim   (docker when its daemon answers, else podman/buildah: deploy/image/build.sh)
+#   docker build -t pete-serve:0.1.0 .            docker build --target slim -t pete-serve:0.1.0-slim .
 #   docker run --rm -p 8000:8000 -e PETE_WORKERS=2 -e PETE_TORCH_THREADS=1 pete-serve:0.1.0
 #
 # Build arguments: TORCH_PIP_ARGS says where pip finds torch 2.13.0's CPU build (default: the
@@ -42,7 +45,78 @@ RUN pip install --no-cache-dir --no-deps . \
  && pip check \
  && python -c "import pathlib, model; d = pathlib.Path(model.__file__).parent / 'checkpoints' / 'default'; missing = [n for n in ('config.json', 'model.safetensors', 'tokenizer.json') if not (d / n).is_file()]; assert not missing, f'bundled checkpoint incomplete in {d}: {missing}'"
 
-############################ runtime ############################
+############################ export (slim's graphs) ############################
+FROM builder AS export
+
+ARG PIP_CERT
+ARG ONNX_EXPORT_PACKAGES="onnx==1.23.2 onnxscript==0.7.2"
+# $ONNX_EXPORT_PACKAGES is a list of pinned requirements (word-split on purpose):
+# hadolint ignore=SC2086,DL3013
+RUN pip install --no-cache-dir $ONNX_EXPORT_PACKAGES \
+ && pete-export /opt/venv/lib/python3.11/site-packages/model/checkpoints/default --out /export
+
+############################ slim builder ############################
+FROM python:3.11-slim AS slim-builder
+
+ARG PIP_CERT
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+COPY requirements-slim.lock ./
+RUN pip install --no-cache-dir -r requirements-slim.lock
+
+# The project without its dependencies (torch is one: never installed here), then the exported
+# checkpoint in place of the torch weights; fail the build if torch crept in or the export is missing.
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY model ./model
+COPY --from=export /export /tmp/export
+# What serving never imports goes too: the Hugging Face hub client (tokenizers' download helper;
+# Tokenizer.from_file needs none of it) and pip/setuptools.
+RUN pip install --no-cache-dir --no-deps . \
+ && ckpt=/opt/venv/lib/python3.11/site-packages/model/checkpoints/default \
+ && rm -f "$ckpt/model.safetensors" \
+ && cp /tmp/export/model.onnx /tmp/export/nli_head.onnx /tmp/export/onnx_export.json "$ckpt/" \
+ && rm -rf /tmp/export \
+ && pip uninstall --yes huggingface-hub hf-xet fsspec tqdm filelock \
+ && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the slim image'; import app.main, app.onnx_runner, tokenizers" \
+ && pip uninstall --yes pip setuptools
+
+############################ slim ############################
+FROM python:3.11-slim AS slim
+
+LABEL org.opencontainers.image.title="pete-serve-slim" \
+      org.opencontainers.image.description="pete-serve on ONNX Runtime, no torch (similarity, NLI, embeddings)" \
+      org.opencontainers.image.version="0.1.0"
+
+RUN groupadd --system --gid 10001 pete \
+ && useradd --system --uid 10001 --gid pete --home-dir /home/pete --create-home --shell /usr/sbin/nologin pete
+
+COPY --from=slim-builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PETE_BACKEND=onnx \
+    PETE_MODEL_PATH=/opt/venv/lib/python3.11/site-packages/model/checkpoints/default \
+    PETE_HOST=0.0.0.0 \
+    PETE_PORT=8000 \
+    PETE_WORKERS=2 \
+    PETE_TORCH_THREADS=1 \
+    PETE_SHUTDOWN_TIMEOUT_S=20
+
+WORKDIR /home/pete
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PETE_PORT', '8000') + '/healthz', timeout=4)"]
+# PETE_TORCH_THREADS sets ONNX Runtime's intra-op threads; OMP_NUM_THREADS as in the runtime target.
+CMD ["sh", "-c", "export OMP_NUM_THREADS=\"${PETE_TORCH_THREADS}\"; exec pete-serve"]
+
+############################ runtime (default target) ############################
 FROM python:3.11-slim AS runtime
 
 LABEL org.opencontainers.image.title="pete-serve" \

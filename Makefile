@@ -3,6 +3,7 @@
 #   make serve   .venv + pinned runtime deps + project (editable), uvicorn on 127.0.0.1:8000
 #   make test    the same + the dev extra, Debian prometheus and chromium when possible, then pytest
 #   make image   the container image (docker, else podman/buildah set up by deploy/image/prepare.sh)
+#   make image-slim  the torch-free image (ONNX Runtime, PETE_BACKEND=onnx)
 #   make lock    regenerate requirements.lock from the versions installed in .venv (pip-tools)
 #
 # Install order (the Dockerfile follows the same order and the same lock file):
@@ -31,12 +32,13 @@ PYTEST_ARGS ?=
 RUNTIME_STAMP := $(VENV)/.stamp-runtime
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: help install install-dev serve test deploy-tools image lock lint-docker clean
+.PHONY: help install install-dev serve test deploy-tools image image-slim lock lint-docker clean
 
 help:
 	@echo "make serve   install (first run only) and serve on http://$(HOST):$(PORT)"
 	@echo "make test    install (first run only) with test tools and run the test suite"
 	@echo "make image   build the container image (docker, else podman: deploy/image/build.sh)"
+	@echo "make image-slim  build the torch-free image (ONNX Runtime)"
 	@echo "make lock    regenerate $(LOCK) from .venv (pip-tools)"
 
 $(VPY):
@@ -93,6 +95,9 @@ test: $(DEV_STAMP) deploy-tools
 image:
 	bash deploy/image/build.sh --report deploy/image/report.json $(if $(IMAGE_TAG),$(IMAGE_TAG),)
 
+image-slim:
+	bash deploy/image/build.sh --report deploy/image/report-slim.json --target slim $(if $(IMAGE_TAG),$(IMAGE_TAG),)
+
 lint-docker: $(DEV_STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
@@ -106,6 +111,8 @@ lock: $(DEV_STAMP)
 	$(VENV)/bin/pip-compile --quiet --allow-unsafe --strip-extras --no-emit-index-url \
 	  --no-emit-find-links -c build/venv-constraints.txt -o $(LOCK) pyproject.toml
 	sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+$$/torch==\1/' $(LOCK)
+	$(VENV)/bin/pip-compile --quiet --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links -c $(LOCK) -o requirements-slim.lock deploy/image/slim-requirements.in
 	@grep -q '^torch==$(TORCH_VERSION)$$' $(LOCK) || { echo "torch is not pinned to $(TORCH_VERSION) in $(LOCK)" >&2; exit 1; }
 
 clean:

@@ -75,17 +75,22 @@ def checked_settings():
     """
     from pydantic import ValidationError
 
+    from app.onnx_runner import ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX
     from app.settings import Settings
-    from model.encoder import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+    from model.config import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 
     try:
         settings = Settings()
     except ValidationError as e:
         errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
         raise StartupError(f"invalid setting: {errors}") from None
-    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME) if not (settings.model_path / n).is_file()]
+    needed = ((CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO) if settings.backend == "onnx"
+              else (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME))
+    missing = [n for n in needed if not (settings.model_path / n).is_file()]
     if missing:
-        raise StartupError(f"no checkpoint at {settings.model_path} (missing {', '.join(missing)}); "
+        hint = f"; run pete-export {settings.model_path}" if settings.backend == "onnx" and \
+            (settings.model_path / WEIGHTS_NAME).is_file() else ""
+        raise StartupError(f"no checkpoint at {settings.model_path} (missing {', '.join(missing)}){hint}; "
                            "pass --model DIR or set PETE_MODEL_PATH")
     return settings
 

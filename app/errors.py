@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import BatchFailed, Closed, DeadlineExceeded, Overloaded
-from app.inference import NonFiniteOutput
+from app.outputs import NonFiniteOutput
 from app.metrics import Metrics
 
 log = logging.getLogger("pete.errors")

@@ -14,44 +14,19 @@ difference moves a value across an int8 rounding boundary).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from app.batching import WorkItem
+from app.outputs import (BatchPlan, EmbedOutput, NliOutput, NonFiniteOutput, check_answers, length_chunks,
+                         warmup_items)
 from app.runner import PassObserver, RunnerInfo
 from app.settings import Settings
-from model.encoder import NLI_LABELS, SentenceEncoder, TokenBatch, mean_pool_packed, pad_states
+from model.encoder import SentenceEncoder, TokenBatch, mean_pool_packed, pad_states
 from model.quantize import resolve_quantization
-
-
-class NonFiniteOutput(RuntimeError):
-    """The model produced NaN or Inf for this item (corrupt weights, or a numeric overflow): the item
-    fails (500), never a ``null`` in a 200."""
-
-
-@dataclass(frozen=True)
-class EmbedOutput:
-    """Output of an ``"embed"`` item: ``vector`` (d,) float32 (not normalised), ``truncated`` (the text
-    was cut to the token limit), ``tokens`` (tokens encoded, special tokens included)."""
-
-    vector: np.ndarray
-    truncated: bool
-    tokens: int
-
-
-@dataclass(frozen=True)
-class NliOutput:
-    """Output of an ``"nli"`` item: ``probabilities`` (3,) float32 in ``NLI_LABELS`` order, summing to
-    1; ``truncated``: the premise or the hypothesis was cut; ``tokens``: tokens encoded."""
-
-    probabilities: np.ndarray
-    truncated: bool
-    tokens: int
 
 
 def model_nbytes(model: torch.nn.Module) -> int:
@@ -59,13 +34,6 @@ def model_nbytes(model: torch.nn.Module) -> int:
     weights of a quantized model, which are buffers, included)."""
     tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two (d,) vectors in [-1, 1], computed in float64; 0.0 for a zero vector."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denom = max(float(np.linalg.norm(a64) * np.linalg.norm(b64)), 1e-12)
-    return float(np.clip(np.dot(a64, b64) / denom, -1.0, 1.0))
 
 
 class TorchRunner:
@@ -156,88 +124,38 @@ class TorchRunner:
         return self.compute(items, record=True)
 
     @torch.inference_mode()
-    def compute(self, items: Sequence[WorkItem], record: bool = True) -> list[EmbedOutput | NliOutput]:
+    def compute(self, items: Sequence[WorkItem], record: bool = True) -> list[EmbedOutput | NliOutput | NonFiniteOutput]:
         """Like ``__call__``; ``record=False`` skips ``observe_pass`` (warm-up)."""
-        texts: list[str] = []            # sequences encoded alone
-        text_slot: list[int] = []        # item i -> index of its (first) sequence in texts
-        pairs: list[tuple[str, str]] = []  # cross-head NLI pairs, encoded jointly
-        for it in items:
-            if it.kind == "embed" or self.separate:
-                text_slot.append(len(texts))
-                texts.append(it.text)
-                if it.kind == "nli":
-                    texts.append(it.text_pair)
-            elif it.kind == "nli":
-                text_slot.append(len(pairs))
-                pairs.append((it.text, it.text_pair))
-            else:
-                raise ValueError(f"unknown work item kind {it.kind!r}")
-
-        nli_idx = [i for i, it in enumerate(items) if it.kind == "nli"]
-        vecs = tb = pooled = pb = states = None
-        if texts:
-            tb = self.model.tokenize(texts, max_tokens=self.max_tokens)
-            keep = {text_slot[i] + side for i in nli_idx for side in (0, 1)} if self.align else set()
+        plan = BatchPlan.of(items, self.separate)
+        vecs = tb = pb = pooled = states = None
+        if plan.texts:
+            tb = self.model.tokenize(plan.texts, max_tokens=self.max_tokens)
+            keep = {row for side in plan.nli_sides() for row in side} if self.align else set()
             vecs, states = self._encode(tb, record, keep)
-        if pairs:
-            pb = self.model.tokenize([p for p, _ in pairs], [h for _, h in pairs], max_tokens=self.max_tokens)
+        if plan.pairs:
+            pb = self.model.tokenize([p for p, _ in plan.pairs], [h for _, h in plan.pairs], max_tokens=self.max_tokens)
             pooled, _ = self._encode(pb, record)
-
-        # NLI heads, one call for all NLI items of the batch (row-wise, so batch-independent).
-        probs: dict[int, np.ndarray] = {}
-        if nli_idx:
-            first = [text_slot[i] for i in nli_idx]
+        probs = None
+        if plan.nli:  # one head call for all NLI items of the batch (row-wise, so batch-independent)
+            premises, hypotheses = plan.nli_sides()
             if self.align:
-                a, mask_a = pad_states([states[s] for s in first])
-                b, mask_b = pad_states([states[s + 1] for s in first])
+                a, mask_a = pad_states([states[s] for s in premises])
+                b, mask_b = pad_states([states[s] for s in hypotheses])
                 logits = self.model.nli_head(a, mask_a, b, mask_b)
             elif self.separate:
-                logits = self.model.nli_head(vecs[first], vecs[[s + 1 for s in first]])
+                logits = self.model.nli_head(vecs[premises], vecs[hypotheses])
             else:
-                logits = self.model.nli_head(pooled[first])
-            p = F.softmax(logits.float(), dim=-1).numpy()
-            probs = {i: p[k] for k, i in enumerate(nli_idx)}
-
-        out: list[EmbedOutput | NliOutput | NonFiniteOutput] = []
-        for i, it in enumerate(items):
-            s = text_slot[i]
-            if it.kind == "embed":
-                o = EmbedOutput(vecs[s].numpy().copy(), tb.truncated[s], tb.lengths[s])
-            elif self.separate:
-                o = NliOutput(probs[i], tb.truncated[s] or tb.truncated[s + 1], tb.lengths[s] + tb.lengths[s + 1])
-            else:
-                o = NliOutput(probs[i], pb.truncated[s], pb.lengths[s])
-            finite = np.isfinite(o.vector if it.kind == "embed" else o.probabilities).all()
-            out.append(o if finite else NonFiniteOutput(f"non-finite {it.kind} output"))
-        return out
+                logits = self.model.nli_head(pooled[[plan.slot[i] for i in plan.nli]])
+            probs = F.softmax(logits.float(), dim=-1).numpy()
+        return plan.outputs(items, None if vecs is None else vecs.numpy(), tb.truncated if tb else (),
+                            tb.lengths if tb else (), pb.truncated if pb else (), pb.lengths if pb else (), probs)
 
     def warmup(self) -> None:
         """Run a worst-case batch once (``max_batch_size`` sequences at the token limit, both kinds)
-        without recording metrics, so the first real requests do not pay one-off costs."""
-        long_text = " ".join(["a"] * self.max_tokens)
-        n = self.max_batch_size
-        self.compute([WorkItem("embed", long_text) for _ in range(n)]
-                     + [WorkItem("nli", long_text, long_text) for _ in range(n)], record=False)
-        self.check_answers()
-
-    def check_answers(self) -> None:
-        """Readiness that checks answers: a plain sentence and an NLI pair must give finite outputs of
-        the expected shapes (vector (d,), probabilities (3,) summing to 1).
-
-        Raises:
-            NonFiniteOutput: NaN or Inf (e.g. a checkpoint with NaN weights).
-            RuntimeError: an output of the wrong shape.
-        """
-        text = "A man is playing a guitar."
-        embed_out, nli = self.compute([WorkItem("embed", text), WorkItem("nli", text, "Someone plays music.")], record=False)
-        for o in (embed_out, nli):
-            if isinstance(o, NonFiniteOutput):
-                raise NonFiniteOutput("the model gives NaN/Inf for a plain sentence: the checkpoint's weights are "
-                                      "corrupt (non-finite)")
-        if embed_out.vector.shape != (self.model.config.dim,) or nli.probabilities.shape != (3,) \
-                or abs(float(nli.probabilities.sum()) - 1) > 1e-3:
-            raise RuntimeError(f"unexpected output shapes: vector {embed_out.vector.shape}, "
-                               f"probabilities {nli.probabilities.shape}")
+        without recording metrics, so the first real requests do not pay one-off costs; then check
+        the answers (``app.outputs.check_answers``)."""
+        self.compute(warmup_items(self.max_tokens, self.max_batch_size), record=False)
+        check_answers(lambda items: self.compute(items, record=False), self.model.config.dim)
 
     # ---- helpers --------------------------------------------------------------------------
     def _encode(self, tb: TokenBatch, record: bool,
@@ -248,7 +166,7 @@ class TorchRunner:
         out = torch.empty(n, self.model.config.dim)
         states: dict[int, torch.Tensor] = {}
         order = sorted(range(n), key=tb.lengths.__getitem__)
-        for chunk in self._chunks(order, tb.lengths):
+        for chunk in length_chunks(order, tb.lengths, self.max_batch_size, self.max_batch_tokens):
             T = max(tb.lengths[i] for i in chunk)
             idx = torch.tensor(chunk, dtype=torch.int64)
             ids, mask = tb.input_ids[idx, :T], tb.attention_mask[idx, :T]
@@ -263,21 +181,3 @@ class TorchRunner:
             if record and self.observe_pass is not None:
                 self.observe_pass(len(chunk), len(chunk) * T)
         return out, states
-
-    def _chunks(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
-        """Split ascending-length ``order`` greedily under the size and padded-token limits."""
-        chunk: list[int] = []
-        for i in order:
-            rows = len(chunk) + 1
-            if chunk and (rows > self.max_batch_size or rows * lengths[i] > self.max_batch_tokens):
-                yield chunk
-                chunk = []
-            chunk.append(i)
-        if chunk:
-            yield chunk
-
-
-def nli_label(probabilities: np.ndarray) -> str:
-    """The most probable label of a (3,) probability vector in ``NLI_LABELS`` order."""
-    return NLI_LABELS[int(np.argmax(probabilities))]
-

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None
     Args:
         settings: defaults to ``Settings()`` (from ``PETE_*`` environment variables).
         runner: builds the model runner (``app.runner``: the seam for backends, baselines and fault
-            injection); default: the torch backend (``app.inference.TorchRunner``).
+            injection); default: the backend ``settings.backend`` names (``app.service.default_runner``).
     Raises:
         pydantic.ValidationError: invalid settings in the environment.
     """

@@ -18,13 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from app.auth import require_api_key
 from app.batching import WorkItem
 from app.errors import InvalidInput, NotReady
-from app.inference import cosine, nli_label
+from app.outputs import cosine, nli_label
 from app.limits import check_limits
 from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, InfoResponse, Limits,
                          NliProbabilities, NliRequest, NliResponse, NliResult, Parameters, SimilarityRequest,
                          SimilarityResponse, Status, Usage)
 from app.service import Service
-from model.encoder import NLI_LABELS
+from model.config import NLI_LABELS
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
 

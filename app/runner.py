@@ -56,7 +56,7 @@ class ModelRunner(Protocol):
         """Run a worst-case batch once and check the answers are finite.
 
         Raises:
-            app.inference.NonFiniteOutput: the model gives NaN/Inf (start-up must fail).
+            app.outputs.NonFiniteOutput: the model gives NaN/Inf (start-up must fail).
         """
 
     def __call__(self, items: list[WorkItem]) -> list[Any]:

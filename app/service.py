@@ -33,8 +33,12 @@ def release_free_heap() -> bool:
 
 
 def default_runner(settings: Settings, observe_pass) -> ModelRunner:
-    """The default ``RunnerFactory``: the torch backend (imported here, so that the service module
-    itself needs no torch)."""
+    """The default ``RunnerFactory``: the backend ``settings.backend`` names, imported here (the onnx
+    backend's process never imports torch)."""
+    if settings.backend == "onnx":
+        from app.onnx_runner import OnnxRunner
+
+        return OnnxRunner.from_settings(settings, observe_pass)
     from app.inference import TorchRunner
 
     return TorchRunner.from_settings(settings, observe_pass)
@@ -46,7 +50,7 @@ class Service:
     Args:
         settings: the service settings.
         metrics: the app's metrics.
-        runner: builds the model runner (``app.runner``); default ``default_runner`` (torch).
+        runner: builds the model runner (``app.runner``); default ``default_runner`` (``PETE_BACKEND``).
     """
 
     def __init__(self, settings: Settings, metrics: Metrics, runner: RunnerFactory | None = None) -> None:
@@ -70,7 +74,7 @@ class Service:
 
         Raises:
             FileNotFoundError: the checkpoint directory lacks a file.
-            app.inference.NonFiniteOutput: the model answers NaN/Inf.
+            app.outputs.NonFiniteOutput: the model answers NaN/Inf.
         """
         s = self.settings
         log.info("loading model from %s", s.model_path)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         False, description="Precompute the PETE embedding table at load (V*d*4 more bytes); ignored for "
                            "embedding kinds without one. Off by default: bench/results/serving.md measured "
                            "no speed-up (the MLP runs once per distinct id of a batch) and ~75 MB more RSS.")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="`torch`: the PyTorch runner (app/inference.py). `onnx`: ONNX Runtime "
+                             "(app/onnx_runner.py; float32, no torch imported), serving the graphs "
+                             "`pete-export CHECKPOINT` writes beside the checkpoint; PETE_QUANTIZE and "
+                             "PETE_MATERIALIZE_EMBEDDINGS do not apply (the export holds the embedding table), "
+                             "PETE_TORCH_THREADS sets its intra-op threads.")
     quantize: Literal["auto", "none", "int8"] = Field(
         "auto", description="`int8`: the encoder's linear layers run as int8 (per-channel weights, "
                             "per-token activations: model/quantize.py, SentenceEncoder.quantize) from load on; "

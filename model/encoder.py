@@ -16,7 +16,7 @@ embedding unchanged and costs no FLOPs outside attention.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -28,48 +28,35 @@ from tokenizers import Tokenizer
 
 from model.embeddings import build_embedding
 from model.quantize import apply_quantization, is_quantized, weight_tensors
-from model.tokenizer import TokenBatch, tokenize_batch
+from model.config import CONFIG_NAME, NLI_LABELS, TOKENIZER_NAME, WEIGHTS_NAME, EncoderConfig  # noqa: F401
+from model.tokenizer import encode_texts
 
-NLI_LABELS = ("entailment", "neutral", "contradiction")
-CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+class TokenBatch(NamedTuple):
+    """A tokenized, right-padded batch.
 
-
-@dataclass
-class EncoderConfig:
-    """Everything needed to rebuild the model; saved as config.json.
-
-    ``nli_head``: ``"pair"`` classifies (u, v, |u-v|, u*v) of the two sentence vectors
-    (Conneau et al. 2017); ``"align"`` soft-aligns the two sentences' token states (``AlignHead``,
-    after Parikh et al. 2016 and Chen et al. 2017); ``"cross"`` encodes
-    ``[CLS] premise [SEP] hypothesis [SEP]`` jointly. ``nli_hidden`` is the head's hidden width.
+    input_ids (B, T) int64, attention_mask (B, T) bool, truncated: one bool per row (the text was
+    longer than the token limit and was cut), lengths: real tokens per row.
     """
 
-    vocab_size: int = 30522
-    dim: int = 256
-    n_layers: int = 2
-    n_heads: int = 4
-    ffn_dim: int = 1024
-    max_len: int = 128
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-6
-    embedding: str = "fourier_geo"
-    embedding_options: dict = field(default_factory=lambda: {"mlp_hidden": 256})
-    nli_head: str = "pair"
-    nli_hidden: int = 128
-    tokenizer_kind: str = "bert"  # "bert" or "frequency"; informational
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    truncated: list[bool]
+    lengths: list[int]
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        """Build from a dict, ignoring keys this version does not know."""
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+
+def tokenize_batch(tokenizer: Tokenizer, texts: Sequence[str], pair: Sequence[str] | None = None, *,
+                   max_tokens: int) -> TokenBatch:
+    """``model.tokenizer.encode_texts`` as torch tensors (the arrays are shared, not copied)."""
+    enc = encode_texts(tokenizer, texts, pair, max_tokens=max_tokens)
+    return TokenBatch(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask), enc.truncated,
+                      enc.lengths)
 
 
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE, Su et al. 2021, Eq. 34) on (..., T, head_dim) tensors.
 
-    Dimension pairs (2i, 2i+1) at position t are rotated by the angle t * base^(-2i/head_dim); done
-    as one complex multiplication (Su et al. 2021, Eq. 12) on a view of the input.
+    Dimension pairs (2i, 2i+1) at position t are rotated by the angle t * base^(-2i/head_dim)
+    (Su et al. 2021, Eq. 12, written with real cosines and sines, which ONNX can express).
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
@@ -80,9 +67,10 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
         angles = torch.outer(t, self.inv_freq)  # (T, head_dim/2)
-        rotation = torch.polar(torch.ones_like(angles), angles)  # cos + i sin, complex64
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., T, head_dim/2), a view
-        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+        cos, sin = angles.cos(), angles.sin()
+        pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, head_dim/2, 2)
+        even, odd = pairs[..., 0], pairs[..., 1]
+        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 class Packing(NamedTuple):
@@ -107,6 +95,15 @@ class Packing(NamedTuple):
         """Build from an attention mask (B, T) bool."""
         T = mask.shape[1]
         index = mask.reshape(-1).nonzero().squeeze(1)
+        return cls(mask, index, torch.div(index, T, rounding_mode="floor"), mask.sum(1, keepdim=True).float())
+
+    @classmethod
+    def padded(cls, mask: torch.Tensor) -> "Packing":
+        """Every position of a (B, T) batch, padding included, computed; ``mask`` still keeps padded
+        keys out of attention. The per-token ops then run on the whole grid (more FLOPs, the same
+        results at the real tokens) with no data-dependent shapes: the form ONNX export needs."""
+        B, T = mask.shape
+        index = torch.arange(B * T, device=mask.device)
         return cls(mask, index, torch.div(index, T, rounding_mode="floor"), mask.sum(1, keepdim=True).float())
 
     @property
@@ -220,6 +217,16 @@ class Encoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states, packing = self.forward_packed(input_ids, attention_mask)
         return packing.unpack(states)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (B, T, d) float32 computed on the whole padded grid (``Packing.padded``): the
+        same values as ``forward`` at real tokens (to float rounding), other values at padding. For
+        ONNX export; ``forward`` is faster."""
+        packing = Packing.padded(attention_mask)
+        x = self.embedding(input_ids.reshape(-1))  # (B*T, d)
+        for block in self.blocks:
+            x = block(x, packing)
+        return self.norm(x).view(*input_ids.shape, -1)
 
     def forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Packing]:
         """Token states of the real tokens only: (N, d) float32, N = attention_mask.sum(), in

@@ -17,32 +17,33 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-# Characters per token of the limit that ``tokenize_batch`` reads of a text at most: English prose
+# Characters per token of the limit that ``encode_texts`` reads of a text at most: English prose
 # runs at ~5 characters per token, so 16 cuts only text the token limit drops anyway (for 128
 # tokens: 2,048 characters; a 10,000-character text tokenizes ~4x faster).
 CHARS_PER_TOKEN = 16
 
 
-class TokenBatch(NamedTuple):
-    """A tokenized, right-padded batch.
+class EncodedTexts(NamedTuple):
+    """A tokenized, right-padded batch as numpy arrays.
 
-    input_ids (B, T) int64, attention_mask (B, T) bool, truncated: one bool per row (the text was
-    longer than the token limit and was cut), lengths: real tokens per row.
+    input_ids (B, T) int64 (0 = [PAD] after each row's end), attention_mask (B, T) bool, truncated:
+    one bool per row (the text was longer than the token limit and was cut), lengths: real tokens
+    per row (special tokens included).
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
     truncated: list[bool]
     lengths: list[int]
 
 
-def tokenize_batch(tokenizer: Tokenizer, texts: Sequence[str], pair: Sequence[str] | None = None, *,
-                   max_tokens: int) -> TokenBatch:
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], pair: Sequence[str] | None = None, *,
+                 max_tokens: int) -> EncodedTexts:
     """Tokenize texts (or text pairs, ``[CLS] a [SEP] b [SEP]``) and right-pad to the longest row.
 
     ``max_tokens`` counts special tokens; longer inputs are truncated (longest-first for pairs) and
@@ -63,11 +64,11 @@ def tokenize_batch(tokenizer: Tokenizer, texts: Sequence[str], pair: Sequence[st
         encs = tokenizer.encode_batch(list(zip(texts, [h[:budget] for h in pair])))
     lengths = [len(e.ids) for e in encs]
     T = max(lengths, default=1)
-    ids = torch.zeros(len(encs), T, dtype=torch.int64)
+    ids = np.zeros((len(encs), T), dtype=np.int64)
     for i, e in enumerate(encs):
-        ids[i, : lengths[i]] = torch.tensor(e.ids, dtype=torch.int64)
-    mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-    return TokenBatch(ids, mask, [bool(e.overflowing) or c for e, c in zip(encs, cut)], lengths)
+        ids[i, : lengths[i]] = e.ids
+    mask = np.arange(T)[None, :] < np.asarray(lengths, dtype=np.int64)[:, None]
+    return EncodedTexts(ids, mask, [bool(e.overflowing) or c for e, c in zip(encs, cut)], lengths)
 
 
 def read_vocab(path: str | Path) -> list[str]:

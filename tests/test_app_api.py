@@ -221,7 +221,7 @@ async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
 
 @pytest.mark.anyio
 async def test_a_checkpoint_with_nan_weights_fails_start_up(checkpoint, tmp_path):
-    from app.inference import NonFiniteOutput
+    from app.outputs import NonFiniteOutput
 
     app = create_app(settings(nan_checkpoint(checkpoint, tmp_path / "nan")))
     with pytest.raises(NonFiniteOutput, match="corrupt"):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem
-from app.inference import TorchRunner, cosine
+from app.inference import TorchRunner
+from app.outputs import cosine
 from app.metrics import Metrics
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab

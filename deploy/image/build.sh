@@ -2,7 +2,8 @@
 # Build the pete-serve image (`make image` runs this): docker when its daemon answers, else podman
 # (deploy/image/prepare.sh installs and sets it up where that is possible: root with apt-get).
 #
-#   deploy/image/build.sh [--report FILE] [TAG]       TAG defaults to pete-serve:<project version>
+#   deploy/image/build.sh [--report FILE] [--target slim] [TAG]   TAG defaults to pete-serve:<project version>
+#                                                                 (-slim appended for the slim target)
 #
 # Environment: PETE_IMAGE_ENGINE=docker|podman forces an engine; TORCH_PIP_ARGS overrides where pip
 # finds torch (the Dockerfile's default is the PyTorch CPU index). Machine-specific workarounds live
@@ -11,14 +12,22 @@
 #     that folder is served on 127.0.0.1 for the build (which then uses the host network);
 #   - a CA bundle in pip's configuration (a host that intercepts TLS): mounted into the build and
 #     passed as PIP_CERT (podman).
-# --report FILE writes {engine, tag, size_bytes, build_seconds} as JSON.
+# --report FILE writes {engine, tag, size_bytes, build_seconds, base_image_bytes} as JSON; --target slim builds the
+# torch-free ONNX Runtime image (the Dockerfile's slim stage) instead of the default runtime one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 report=""
-if [ "${1:-}" = "--report" ]; then report="$2"; shift 2; fi
+target=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --report) report="$2"; shift 2 ;;
+    --target) target="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
-tag="${1:-pete-serve:$version}"
+tag="${1:-pete-serve:$version${target:+-$target}}"
 
 engine="${PETE_IMAGE_ENGINE:-}"
 if [ -z "$engine" ]; then
@@ -28,6 +37,7 @@ if [ "$engine" = podman ]; then
   bash deploy/image/prepare.sh >/dev/null
 fi
 args=(build --tag "$tag" --file Dockerfile)
+[ -n "$target" ] && args+=(--target "$target")
 [ "$engine" = podman ] && args+=(--format docker --pull=never)   # docker format keeps HEALTHCHECK
 
 pip_setting() {  # $1: env var, $2: pip config key; first value found
@@ -80,13 +90,14 @@ if [ -n "$old" ] && [ "$old" != "$new" ]; then  # the tag's previous image, now 
 fi
 seconds=$(( $(date +%s) - start ))
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
+base_size="$("$engine" image inspect --format '{{.Size}}' python:3.11-slim 2>/dev/null || echo 0)"
 echo "built $tag with $engine in ${seconds}s: $(( size / 1000000 )) MB"
 if [ -n "$report" ]; then
-  python3 - "$report" "$engine" "$("$engine" --version)" "$tag" "$size" "$seconds" <<'PY'
+  python3 - "$report" "$engine" "$("$engine" --version)" "$tag" "$size" "$seconds" "$base_size" <<'PY'
 import json, sys
-path, engine, version, tag, size, seconds = sys.argv[1:]
+path, engine, version, tag, size, seconds, base = sys.argv[1:]
 json.dump({"engine": engine, "engine_version": version, "tag": tag, "size_bytes": int(size),
-           "build_seconds": int(seconds)}, open(path, "w"), indent=2)
+           "build_seconds": int(seconds), "base_image_bytes": int(base)}, open(path, "w"), indent=2)
 open(path, "a").write("\n")
 PY
 fi

@@ -1,0 +1,40 @@
+"""The encoder's configuration and file names: what a checkpoint directory holds and how to read
+it, with no torch (the ONNX Runtime backend serves a checkpoint without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+
+
+@dataclass
+class EncoderConfig:
+    """Everything needed to rebuild the model; saved as config.json.
+
+    ``nli_head``: ``"pair"`` classifies (u, v, |u-v|, u*v) of the two sentence vectors
+    (Conneau et al. 2017); ``"align"`` soft-aligns the two sentences' token states (``AlignHead``,
+    after Parikh et al. 2016 and Chen et al. 2017); ``"cross"`` encodes
+    ``[CLS] premise [SEP] hypothesis [SEP]`` jointly. ``nli_hidden`` is the head's hidden width.
+    """
+
+    vocab_size: int = 30522
+    dim: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 1024
+    max_len: int = 128
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    embedding: str = "fourier_geo"
+    embedding_options: dict = field(default_factory=lambda: {"mlp_hidden": 256})
+    nli_head: str = "pair"
+    nli_hidden: int = 128
+    tokenizer_kind: str = "bert"  # "bert" or "frequency"; informational
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderConfig":
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,138 @@
+"""The ONNX Runtime backend (PETE_BACKEND=onnx): pete-export's graphs answer like the torch backend
+(float32, within 1e-4) on real sentences, for every NLI head kind; results do not depend on the batch
+(both backends); the onnx serving path never imports torch; a missing export is a clear error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.batching import WorkItem
+from app.inference import TorchRunner
+from app.onnx_runner import OnnxRunner
+from app.outputs import cosine
+from bench.common import BUILTIN_PAIRS
+from loadtest.fixtures import random_checkpoint
+from model.encoder import SentenceEncoder
+from model.export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "model" / "checkpoints" / "default"
+LIMITS = dict(max_tokens=128, max_batch_size=32, max_batch_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx(tmp_path_factory) -> Path:
+    if not (BUNDLED / "model.safetensors").is_file():
+        pytest.skip("no bundled checkpoint")
+    out = tmp_path_factory.mktemp("onnx") / "default"
+    export_onnx(BUNDLED, out)
+    return out
+
+
+def runners(checkpoint: Path, exported: Path) -> tuple[TorchRunner, OnnxRunner]:
+    torch_runner = TorchRunner(checkpoint, quantize="none", threads=1, **LIMITS)
+    onnx_runner = OnnxRunner(exported, threads=1, **LIMITS)
+    torch_runner.load()
+    onnx_runner.load()
+    return torch_runner, onnx_runner
+
+
+def work(pairs) -> list[WorkItem]:
+    return [WorkItem("embed", t) for pair in pairs for t in pair] + [WorkItem("nli", a, b) for a, b in pairs]
+
+
+def assert_same_answers(a, b, atol: float) -> None:
+    for x, y in zip(a, b):
+        if hasattr(x, "vector"):
+            np.testing.assert_allclose(x.vector, y.vector, atol=atol, rtol=0)
+        else:
+            np.testing.assert_allclose(x.probabilities, y.probabilities, atol=atol, rtol=0)
+        assert (x.truncated, x.tokens) == (y.truncated, y.tokens)
+
+
+def test_onnx_answers_like_torch_on_real_sentences(bundled_onnx):
+    torch_runner, onnx_runner = runners(BUNDLED, bundled_onnx)
+    items = work(BUILTIN_PAIRS)
+    t_out, o_out = torch_runner(items), onnx_runner(items)
+    assert_same_answers(t_out, o_out, atol=1e-4)
+    n = len(BUILTIN_PAIRS)
+    for i in range(n):  # the /similarity scores themselves
+        assert cosine(t_out[2 * i].vector, t_out[2 * i + 1].vector) == pytest.approx(
+            cosine(o_out[2 * i].vector, o_out[2 * i + 1].vector), abs=1e-5)
+    assert onnx_runner.parameter_counts() == SentenceEncoder.from_pretrained(BUNDLED).parameter_counts()
+    info = onnx_runner.info()
+    assert (info.dimensions, info.nli_head, info.quantization) == (256, "align", "none")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_pair_scores_the_same_alone_and_in_a_batch_of_32(bundled_onnx, backend):
+    torch_runner, onnx_runner = runners(BUNDLED, bundled_onnx)
+    runner = torch_runner if backend == "torch" else onnx_runner
+    pair = ("A child is riding a red bicycle down the street.", "A kid rides a bike.")
+    alone = runner(work([pair]))
+    others = [p for p in BUILTIN_PAIRS * 3][:31]
+    batch = runner(work(others[:15] + [pair] + others[15:]))
+    k = len(others[:15])
+    in_batch = [batch[2 * k], batch[2 * k + 1], batch[2 * len(others) + 2 + k]]
+    assert cosine(alone[0].vector, alone[1].vector) == pytest.approx(
+        cosine(in_batch[0].vector, in_batch[1].vector), abs=1e-5)
+    np.testing.assert_allclose(alone[2].probabilities, in_batch[2].probabilities, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", ["pair", "cross"])
+def test_the_other_nli_heads_export_and_agree(tmp_path, head):
+    ckpt = random_checkpoint(tmp_path / head, "tiny", nli_head=head, vocab=[w.strip(".,").lower() for p in BUILTIN_PAIRS
+                                                                           for t in p for w in t.split()])
+    export_onnx(ckpt)
+    torch_runner, onnx_runner = runners(ckpt, ckpt)
+    assert_same_answers(torch_runner(work(BUILTIN_PAIRS)), onnx_runner(work(BUILTIN_PAIRS)), atol=1e-4)
+
+
+def test_a_checkpoint_without_its_export_is_a_clear_error(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "plain", "tiny")
+    with pytest.raises(FileNotFoundError, match="pete-export"):
+        OnnxRunner(ckpt, **LIMITS).load()
+    env = {"PETE_BACKEND": "onnx", "PETE_MODEL_PATH": str(ckpt), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "app.cli"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "model.onnx" in r.stderr and f"pete-export {ckpt}" in r.stderr, r.stderr
+
+
+def test_the_onnx_serving_path_imports_no_torch(bundled_onnx):
+    script = f"""
+import asyncio, json, sys
+import httpx
+from asgi_lifespan import LifespanManager
+from app.main import create_app
+from app.settings import Settings
+
+async def main():
+    app = create_app(Settings(model_path={str(bundled_onnx)!r}, backend="onnx", torch_threads=1))
+    async with LifespanManager(app) as m:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://t") as c:
+            sim = await c.post("/similarity", json={{"pairs": [{{"text_a": "A man plays a guitar.", "text_b": "A cat sleeps."}}]}})
+            nli = await c.post("/nli", json={{"pairs": [{{"premise": "A man plays a guitar.", "hypothesis": "A man sleeps."}}]}})
+            emb = await c.post("/embeddings", json={{"input": ["A man plays a guitar."]}})
+            return [sim.status_code, nli.status_code, emb.status_code]
+
+codes = asyncio.run(main())
+print(json.dumps({{"codes": codes, "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"codes": [200, 200, 200], "torch": []}
+
+
+def test_flops_of_the_onnx_backend_are_measured(bundled_onnx):
+    from bench.flops import measure_onnx
+
+    texts = [t for pair in BUILTIN_PAIRS for t in pair]
+    r = measure_onnx(bundled_onnx, texts, batch_size=4, threads=1, seconds=0.05, n_batches=2)
+    assert r["quantization"] == "onnx" and r["flops_per_batch"] > 0 and r["embed_gflops"] > 0
+    assert r["runner_ms_per_batch"] >= r["embed_ms_per_batch"] * 0.5 and 0 <= r["padding_fraction"] < 1
