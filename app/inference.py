@@ -54,13 +54,21 @@ class TorchRunner:
         load_model: ``load_model(model_path)`` returns the model (default
             ``SentenceEncoder.from_pretrained``; anything with the same inference interface works,
             e.g. the benchmark's MiniLM wrapper).
+        max_padding: split a length-sorted batch into another pass before padding exceeds this
+            fraction of a pass's tokens (``app.outputs.length_chunks``; default ``DEFAULT_MAX_PADDING``).
     Not thread-safe (the tokenizer's truncation setting is shared): call from one thread only.
     """
+
+    # No split: the packed encoder spends padding only in attention, and splitting did not pay
+    # (bench/results/padding/padding.md: 770 sentences/s unsplit, 774 at 0.3, 719 at 0.2).
+    DEFAULT_MAX_PADDING = 1.0
 
     def __init__(self, model_path: str | Path | None, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
                  quantize: str = "none", materialize: bool = False, threads: int = 0,
                  observe_pass: PassObserver | None = None,
-                 load_model: Callable[[Path], SentenceEncoder] = SentenceEncoder.from_pretrained) -> None:
+                 load_model: Callable[[Path], SentenceEncoder] = SentenceEncoder.from_pretrained,
+                 max_padding: float | None = None) -> None:
+        self.max_padding = self.DEFAULT_MAX_PADDING if max_padding is None else max_padding
         self.model_path = None if model_path is None else Path(model_path)
         self.requested_max_tokens = max_tokens
         self.max_batch_size = max_batch_size
@@ -79,7 +87,8 @@ class TorchRunner:
         return cls(settings.model_path, max_tokens=settings.max_tokens_per_text,
                    max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
                    quantize=settings.quantize, materialize=settings.materialize_embeddings,
-                   threads=settings.torch_threads, observe_pass=observe_pass, **overrides)
+                   threads=settings.torch_threads, observe_pass=observe_pass, max_padding=settings.max_padding,
+                   **overrides)
 
     @classmethod
     def for_model(cls, model: SentenceEncoder, **limits) -> "TorchRunner":
@@ -166,7 +175,7 @@ class TorchRunner:
         out = torch.empty(n, self.model.config.dim)
         states: dict[int, torch.Tensor] = {}
         order = sorted(range(n), key=tb.lengths.__getitem__)
-        for chunk in length_chunks(order, tb.lengths, self.max_batch_size, self.max_batch_tokens):
+        for chunk in length_chunks(order, tb.lengths, self.max_batch_size, self.max_batch_tokens, self.max_padding):
             T = max(tb.lengths[i] for i in chunk)
             idx = torch.tensor(chunk, dtype=torch.int64)
             ids, mask = tb.input_ids[idx, :T], tb.attention_mask[idx, :T]

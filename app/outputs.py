@@ -122,17 +122,23 @@ class BatchPlan:
         return out
 
 
-def length_chunks(order: Sequence[int], lengths: Sequence[int], max_rows: int, max_padded_tokens: int) -> Iterator[list[int]]:
+def length_chunks(order: Sequence[int], lengths: Sequence[int], max_rows: int, max_padded_tokens: int,
+                  max_padding: float | None = None) -> Iterator[list[int]]:
     """Split rows ``order`` (ascending length) greedily into forward passes of at most ``max_rows``
     rows and ``max_padded_tokens`` padded tokens (rows x longest row); a single longer row still
-    gets its own pass."""
+    gets its own pass. ``max_padding``: also start a new pass when padding would exceed this
+    fraction of the pass's tokens (for an encoder that computes padding)."""
     chunk: list[int] = []
+    real = 0  # real tokens in the chunk
     for i in order:
         rows = len(chunk) + 1
-        if chunk and (rows > max_rows or rows * lengths[i] > max_padded_tokens):
+        padded = rows * lengths[i]
+        if chunk and (rows > max_rows or padded > max_padded_tokens
+                      or (max_padding is not None and padded - real - lengths[i] > max_padding * padded)):
             yield chunk
-            chunk = []
+            chunk, real = [], 0
         chunk.append(i)
+        real += lengths[i]
     if chunk:
         yield chunk
 

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
                                 "batch is sorted by length and split into passes that respect it. Bounds the "
                                 "activation memory of a pass (8192 raised the service's peak RSS by ~70 MB); "
                                 "32 sentences of typical length fit in one pass.")
+    max_padding: float | None = Field(
+        None, gt=0, le=1, description="Most padding, as a fraction of a forward pass's tokens (rows x "
+                                      "longest row), before a length-sorted batch is split into another pass: "
+                                      "mixed-length batches otherwise spend most of their attention (and, on ONNX "
+                                      "Runtime, all their compute) on padding. Unset: the backend's measured best "
+                                      "(bench/results/padding/padding.md: onnx 0.2, over twice the sentences/s "
+                                      "of no split; torch 1, i.e. no split: its packed encoder wastes padding only "
+                                      "in attention, and splitting did not pay).")
     max_wait_ms: float = Field(
         0.0, ge=0, description="0 (default): continuous batching: when the model is free the batcher takes "
                                "what is queued (up to the batch limits) and runs it at once, and work arriving "

@@ -253,3 +253,16 @@ def test_truncation_is_flagged_not_rejected():
     out = runner([WorkItem("embed", long), WorkItem("embed", "a cat"), WorkItem("nli", "a cat", long)])
     assert [o.truncated for o in out] == [True, False, True]
     assert out[0].tokens == 6 and out[1].tokens == 4
+
+
+def test_length_chunks_split_on_rows_padded_tokens_and_padding():
+    from app.outputs import length_chunks
+
+    lengths = [2, 2, 3, 10, 10]
+    assert list(length_chunks(range(5), lengths, max_rows=8, max_padded_tokens=1000)) == [[0, 1, 2, 3, 4]]
+    assert list(length_chunks(range(5), lengths, max_rows=2, max_padded_tokens=1000)) == [[0, 1], [2, 3], [4]]
+    assert list(length_chunks(range(5), lengths, max_rows=8, max_padded_tokens=20)) == [[0, 1, 2], [3, 4]]
+    # adding row 3 (10 tokens) to [2, 2, 3] would make 40 padded tokens, 23 of them padding (58%)
+    assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=0.5)) == [[0, 1, 2], [3, 4]]
+    assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=0.6)) == [[0, 1, 2, 3, 4]]
+    assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=1.0)) == [[0, 1, 2, 3, 4]]
