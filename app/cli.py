@@ -75,9 +75,8 @@ def checked_settings():
     """
     from pydantic import ValidationError
 
-    from app.onnx_runner import ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX
     from app.settings import Settings
-    from model.config import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+    from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME, WEIGHTS_NAME
 
     try:
         settings = Settings()

@@ -24,10 +24,8 @@ from app.outputs import (BatchPlan, EmbedOutput, NliOutput, NonFiniteOutput, che
                          warmup_items)
 from app.runner import PassObserver, RunnerInfo
 from app.settings import Settings
-from model.config import CONFIG_NAME, TOKENIZER_NAME, EncoderConfig
+from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME, EncoderConfig
 from model.tokenizer import EncodedTexts, encode_texts
-
-ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"  # = model.export's
 
 
 def pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, load_sentence_pairs, markdown_table
 from loadtest.results import machine_info, write_json
+from model.config import ENCODER_ONNX
 
 VALUES = (1.0, 0.2, 0.25, 0.3)
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     export = args.out / "tmp" / "onnx_export"
-    if not (export / "model.onnx").is_file():
+    if not (export / ENCODER_ONNX).is_file():
         export_onnx(args.model, export)
     pairs, source = load_sentence_pairs()
     texts = [t for pair in pairs for t in pair]

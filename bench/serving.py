@@ -77,6 +77,7 @@ from loadtest.prom import metric, scrape
 from loadtest.results import machine_info, write_json
 from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
+from model.config import ENCODER_ONNX, EXPORT_INFO
 
 ALL_SCENARIOS = ("pete", "pete_onnx", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
@@ -120,7 +121,7 @@ class Scenario:
 
 def onnx_export(model: Path, export_dir: Path) -> Path:
     """``pete-export`` of ``model`` into ``export_dir`` (done once: reused when present)."""
-    if not (export_dir / "onnx_export.json").is_file():
+    if not (export_dir / EXPORT_INFO).is_file():
         from model.export import export_onnx
 
         export_onnx(model, export_dir)
@@ -574,7 +575,7 @@ def flops_sections(args: argparse.Namespace, model_dir: Path, names: Sequence[st
         onnx_dir = Path(args.out) / "tmp" / "onnx_export" if "pete_onnx" in names else None
         out.append(run_flops_section(m, texts, threads=threads, batch_sizes=[1, 32], seconds=args.flops_seconds,
                                      quantize=("none", "int8"), name=f"PETE ({model_dir.name})",
-                                     onnx_dir=onnx_dir if onnx_dir and (onnx_dir / "model.onnx").is_file() else None))
+                                     onnx_dir=onnx_dir if onnx_dir and (onnx_dir / ENCODER_ONNX).is_file() else None))
         del m
     if any(n.startswith("minilm") for n in names):
         try:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+# What ``pete-export`` (model/export.py) writes beside them for the ONNX Runtime backend.
+ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"
 
 
 @dataclass

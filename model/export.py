@@ -32,10 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.config import CONFIG_NAME, TOKENIZER_NAME
+from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME
 from model.encoder import SentenceEncoder, mean_pool
 
-ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"
 OPSET = 18
 
 
