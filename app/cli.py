@@ -76,16 +76,14 @@ def checked_settings():
     from pydantic import ValidationError
 
     from app.settings import Settings
-    from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME, WEIGHTS_NAME
+    from model.config import CHECKPOINT_FILES, WEIGHTS_NAME
 
     try:
         settings = Settings()
     except ValidationError as e:
         errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
         raise StartupError(f"invalid setting: {errors}") from None
-    needed = ((CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO) if settings.backend == "onnx"
-              else (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME))
-    missing = [n for n in needed if not (settings.model_path / n).is_file()]
+    missing = [n for n in CHECKPOINT_FILES[settings.backend] if not (settings.model_path / n).is_file()]
     if missing:
         hint = f"; run pete-export {settings.model_path}" if settings.backend == "onnx" and \
             (settings.model_path / WEIGHTS_NAME).is_file() else ""

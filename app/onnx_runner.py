@@ -24,7 +24,8 @@ from app.outputs import (BatchPlan, EmbedOutput, NliOutput, NonFiniteOutput, che
                          warmup_items)
 from app.runner import PassObserver, RunnerInfo
 from app.settings import Settings
-from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME, EncoderConfig
+from model.config import (CHECKPOINT_FILES, CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME,
+                          EncoderConfig)
 from model.tokenizer import EncodedTexts, encode_texts
 
 
@@ -86,7 +87,7 @@ class OnnxRunner:
         from tokenizers import Tokenizer
 
         d = self.model_path
-        for name in (CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO):
+        for name in CHECKPOINT_FILES["onnx"]:
             if not (d / name).is_file():
                 hint = f" (run: pete-export {d})" if name not in (CONFIG_NAME, TOKENIZER_NAME) else ""
                 raise FileNotFoundError(f"{d / name} not found{hint}")

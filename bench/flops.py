@@ -184,9 +184,7 @@ def measure_onnx(export_dir: Path, texts: Sequence[str], *, batch_size: int, thr
     runner = OnnxRunner(export_dir, max_tokens=max_tokens, max_batch_size=batch_size, max_batch_tokens=1 << 30,
                         threads=threads)
     runner.load()
-    cfg = runner.config
-    spec = {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "n_layers": cfg.n_layers, "ffn_matrices": 3,
-            "embedding": cfg.embedding, "embedding_options": dict(cfg.embedding_options), "packed": False}
+    spec = flop_spec(runner)  # its .config is the checkpoint's; no forward_packed: a padded encoder
     from model.tokenizer import encode_texts
 
     batches = batches_of(texts, batch_size, n_batches)

@@ -20,7 +20,6 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, load_sentence_pairs, markdown_table
 from loadtest.results import machine_info, write_json
-from model.config import ENCODER_ONNX
 
 VALUES = (1.0, 0.2, 0.25, 0.3)
 
@@ -50,12 +49,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from app.batching import WorkItem
     from app.inference import TorchRunner
     from app.onnx_runner import OnnxRunner
-    from model.export import export_onnx
+    from bench.serving import onnx_export
 
     torch.set_num_threads(1)
-    export = args.out / "tmp" / "onnx_export"
-    if not (export / ENCODER_ONNX).is_file():
-        export_onnx(args.model, export)
+    export = onnx_export(Path(args.model), args.out / "tmp" / "onnx_export")
     pairs, source = load_sentence_pairs()
     texts = [t for pair in pairs for t in pair]
     rng = random.Random(0)

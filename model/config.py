@@ -9,6 +9,9 @@ NLI_LABELS = ("entailment", "neutral", "contradiction")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 # What ``pete-export`` (model/export.py) writes beside them for the ONNX Runtime backend.
 ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"
+# The files each backend (``PETE_BACKEND``) reads from a checkpoint directory.
+CHECKPOINT_FILES = {"torch": (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME),
+                    "onnx": (CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO)}
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 
 from model.embeddings import build_embedding
 from model.quantize import apply_quantization, is_quantized, weight_tensors
-from model.config import CONFIG_NAME, NLI_LABELS, TOKENIZER_NAME, WEIGHTS_NAME, EncoderConfig  # noqa: F401
+from model.config import CHECKPOINT_FILES, CONFIG_NAME, NLI_LABELS, TOKENIZER_NAME, WEIGHTS_NAME, EncoderConfig  # noqa: F401
 from model.tokenizer import encode_texts
 
 class TokenBatch(NamedTuple):
@@ -489,7 +489,7 @@ class SentenceEncoder(nn.Module):
             ValueError: a file cannot be read as what it should be (the message names the file).
         """
         d = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME):
+        for name in CHECKPOINT_FILES["torch"]:
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d / name} not found")
         def read(name: str, load):

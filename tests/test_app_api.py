@@ -21,10 +21,10 @@ from asgi_lifespan import LifespanManager
 from app.main import create_app
 from app.schemas import ErrorResponse
 from app.settings import Settings
-from model.encoder import EncoderConfig, SentenceEncoder
-from model.tokenizer import tokenizer_from_vocab
+from model.encoder import SentenceEncoder
 from conftest import TINY_VOCAB, nan_checkpoint
 from helpers import BatchHook, running_app, sample, wait_until
+from loadtest.fixtures import random_checkpoint
 
 torch.set_num_threads(1)
 
@@ -35,12 +35,7 @@ LONG = " ".join(["the cat sat on the mat"] * 10)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = EncoderConfig(vocab_size=len(VOCAB), dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_len=32,
-                        nli_hidden=16, embedding_options={"mlp_hidden": 32})
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    SentenceEncoder(cfg, tokenizer_from_vocab(VOCAB)).save_pretrained(path)
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", vocab=VOCAB)
 
 
 def settings(checkpoint: Path, **overrides) -> Settings:
