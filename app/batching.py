@@ -1,16 +1,24 @@
 """Dynamic micro-batching: many concurrent requests -> few model calls.
 
-Requests turn their inputs into ``WorkItem``s (one per text to embed or per NLI pair) and call
-``MicroBatcher.submit``; each item carries an asyncio future. One worker task takes items off a
-bounded queue, forms a batch (up to ``max_batch_size`` items: what is queued when the model is free,
-so with ``max_wait_s`` 0 a lone request runs at once and work that arrives during a forward pass
-forms the next batch, continuous batching as text-embeddings-inference does it; a positive
-``max_wait_s`` waits that long after the first item for more), drops items whose future is already
-done (request cancelled, client gone, timed out),
-runs ``compute(batch)`` on a single dedicated thread so the event loop stays responsive, and
-resolves each future with its output. An exception inside ``compute`` fails only that batch's
-futures (``BatchFailed``); an output that is an exception instance fails only its own item; the
-worker goes on with the next batch.
+Requests turn their inputs into ``WorkItem``s (one per text to embed or per NLI pair, each with a
+``cost``: its estimated tokens) and call ``MicroBatcher.submit``; each item carries an asyncio
+future. One worker task forms batches from the waiting requests and runs ``compute(batch)`` on a
+single dedicated thread so the event loop stays responsive, then resolves each future with its
+output.
+
+Batch formation (continuous batching, as text-embeddings-inference does it): when the model is free
+the worker takes what is waiting at once, up to ``max_batch_size`` items and ``max_batch_cost``
+estimated tokens, and work arriving during a forward pass forms the next batch; a positive
+``max_wait_s`` makes an idle model wait that long after the first item for more. Items are taken
+**round-robin across requests** (one item from each waiting request in turn), so a request of a
+few short texts never waits behind another request's hundred long ones: it rides in the next
+batch. Admission is charged in both items and estimated tokens (``capacity``, ``cost_capacity``):
+a request that would take the queue over either gets ``Overloaded`` (429) at once, so load
+shedding sees expensive requests, not only many ones.
+
+Items whose future is already done (request cancelled, client gone, timed out) are dropped before
+compute. An exception inside ``compute`` fails only that batch's futures (``BatchFailed``); an
+output that is an exception instance fails only its own item; the worker goes on.
 
 ``compute`` is injected, so the batcher knows nothing about the model (``app.inference``
 provides the real one; tests wrap it to add slowness or failures). Every item is computed
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, TypeVar
@@ -59,22 +68,21 @@ class WorkItem:
     """One unit of model work.
 
     kind ``"embed"``: ``text`` is encoded to a sentence vector. kind ``"nli"``: ``(text, text_pair)``
-    is a (premise, hypothesis) pair to classify. ``future`` and ``enqueued_at`` (``time.perf_counter``
-    seconds) are set by ``MicroBatcher.submit``.
+    is a (premise, hypothesis) pair to classify. ``cost``: what the item charges against the queue's
+    and a batch's token budgets, its estimated tokens (``app.limits.estimated_tokens``; >= 1).
+    ``future`` and ``enqueued_at`` (``time.perf_counter`` seconds) are set by ``MicroBatcher.submit``.
     """
 
     kind: Literal["embed", "nli"]
     text: str
     text_pair: str | None = None
+    cost: int = 1
     future: asyncio.Future | None = field(default=None, repr=False)
     enqueued_at: float = 0.0
 
 
-_WAKE = object()  # put on the queue by stop() to wake a worker blocked on an empty queue
-
-
 class MicroBatcher:
-    """Bounded queue + one worker task + one inference thread.
+    """Bounded, request-fair queue + one worker task + one inference thread.
 
     Args:
         compute: ``compute(items) -> outputs``, one output per item in the same order; runs on the
@@ -83,17 +91,32 @@ class MicroBatcher:
         max_wait_s: seconds an idle model waits for more items after a batch's first item (>= 0;
             0: run what is queued at once).
         capacity: most items waiting in the queue (>= 1).
+        cost_capacity: most summed item ``cost`` (estimated tokens) waiting in the queue; None: no
+            limit but ``capacity``.
+        max_batch_cost: most summed item ``cost`` in one batch (a batch always takes at least one
+            item); None: no limit but ``max_batch_size``.
         metrics: where to record queue wait, inference duration, queue depth, dropped items.
+    Raises:
+        ValueError: a limit out of range.
     """
 
     def __init__(self, compute: ComputeFn, *, max_batch_size: int, max_wait_s: float, capacity: int,
+                 cost_capacity: int | None = None, max_batch_cost: int | None = None,
                  metrics: Metrics | None = None) -> None:
         if max_batch_size < 1 or capacity < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and capacity must be >= 1, max_wait_s >= 0")
+        if (cost_capacity is not None and cost_capacity < 1) or (max_batch_cost is not None and max_batch_cost < 1):
+            raise ValueError("cost_capacity and max_batch_cost must be >= 1 (or None)")
         self._compute = compute
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=capacity)
+        self._capacity = capacity
+        self._cost_capacity = cost_capacity
+        self._max_batch_cost = max_batch_cost
+        self._requests: deque[deque[WorkItem]] = deque()  # waiting requests, each its waiting items in order
+        self._depth = 0  # items waiting
+        self._queued_cost = 0  # their summed cost
+        self._arrived = asyncio.Event()  # set when items arrive (or stop() is called)
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pete-inference")
         self._task: asyncio.Task | None = None
@@ -120,10 +143,7 @@ class MicroBatcher:
         """
         self._accepting = False
         self._closing = True
-        try:
-            self._queue.put_nowait(_WAKE)
-        except asyncio.QueueFull:
-            pass  # the worker is busy and will see the queue drain
+        self._arrived.set()  # wake a worker waiting on an empty queue
         leftovers: list[WorkItem] = []
         if self._task is not None and not self._task.done():
             try:
@@ -144,12 +164,17 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         """Items waiting in the queue now."""
-        return self._queue.qsize()
+        return self._depth
+
+    @property
+    def queued_cost(self) -> int:
+        """Summed ``cost`` (estimated tokens) of the items waiting now."""
+        return self._queued_cost
 
     @property
     def free_slots(self) -> int:
         """Items the queue can take now (capacity - depth)."""
-        return self._queue.maxsize - self._queue.qsize()
+        return self._capacity - self._depth
 
     # ---- request side -------------------------------------------------------------------
     async def submit(self, items: list[WorkItem], timeout_s: float | None = None) -> list[Any]:
@@ -157,7 +182,7 @@ class MicroBatcher:
 
         Raises:
             Closed: not started, or stopping.
-            Overloaded: the queue cannot take all the items now.
+            Overloaded: the queue cannot take all the items (or their summed cost) now.
             DeadlineExceeded: outputs not ready within ``timeout_s`` seconds (queue + compute).
             BatchFailed: the compute of a batch holding one of the items raised.
         On any exit without outputs (including cancellation) the items not yet computed are
@@ -165,14 +190,20 @@ class MicroBatcher:
         """
         if not self._accepting:
             raise Closed()
-        if self._queue.maxsize - self._queue.qsize() < len(items):
+        cost = sum(item.cost for item in items)
+        if self._depth + len(items) > self._capacity or \
+                (self._cost_capacity is not None and self._queued_cost + cost > self._cost_capacity):
             raise Overloaded()
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        for item in items:  # no await in this loop: all-or-none is atomic on the event loop
+        for item in items:  # no await here: all-or-none is atomic on the event loop
             item.future = loop.create_future()
             item.enqueued_at = now
-            self._queue.put_nowait(item)
+        if items:
+            self._requests.append(deque(items))
+            self._depth += len(items)
+            self._queued_cost += cost
+            self._arrived.set()
         self._set_depth()
         futures = [item.future for item in items]
         try:
@@ -187,35 +218,52 @@ class MicroBatcher:
 
     # ---- worker side --------------------------------------------------------------------
     async def _collect(self) -> list[WorkItem] | None:
-        """Wait for a first item, then gather more until the batch is full or the wait is over.
+        """Wait for a first item, then take items round-robin across the waiting requests until the
+        batch is full (items or cost) or, with ``max_wait_s`` > 0, the wait is over.
 
         Returns None when closing and the queue is empty.
         """
         loop = asyncio.get_running_loop()
-        while True:
-            if self._closing and self._queue.empty():
+        while not self._depth:
+            if self._closing:
                 return None
-            first = await self._queue.get()
-            if first is not _WAKE:
-                break
-        batch = [first]
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch: list[WorkItem] = []
+        cost = 0
         deadline = loop.time() + self._max_wait_s
-        while len(batch) < self._max_batch_size:
+        while True:
+            cost = self._take_round_robin(batch, cost)
+            remaining = deadline - loop.time()
+            if self._depth or len(batch) >= self._max_batch_size or remaining <= 0 or self._closing:
+                break  # items still waiting did not fit: the batch is full
+            self._arrived.clear()
             try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        item = await self._queue.get()
-                except TimeoutError:
-                    break
-            if item is not _WAKE:
-                batch.append(item)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                cost = self._take_round_robin(batch, cost)
+                break
         self._set_depth()
         return batch
+
+    def _take_round_robin(self, batch: list[WorkItem], cost: int) -> int:
+        """Move waiting items into ``batch``, one per request in turn, while they fit; returns the
+        batch's cost. The request whose next item does not fit keeps its turn for the next batch."""
+        while self._requests and len(batch) < self._max_batch_size:
+            request = self._requests[0]
+            item = request[0]
+            if batch and self._max_batch_cost is not None and cost + item.cost > self._max_batch_cost:
+                break
+            request.popleft()
+            self._requests.popleft()
+            if request:
+                self._requests.append(request)
+            self._depth -= 1
+            self._queued_cost -= item.cost
+            batch.append(item)
+            cost += item.cost
+        return cost
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -259,10 +307,9 @@ class MicroBatcher:
 
     def _fail_pending(self, pending: list[WorkItem]) -> None:
         """Fail ``pending`` and every item still queued with ``Closed`` (after a forced stop)."""
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not _WAKE:
-                pending.append(item)
+        while self._requests:
+            pending.extend(self._requests.popleft())
+        self._depth = self._queued_cost = 0
         for it in pending:
             if it.future is not None and not it.future.done():
                 it.future.set_exception(Closed())
@@ -270,7 +317,7 @@ class MicroBatcher:
 
     def _set_depth(self) -> None:
         if self._metrics is not None:
-            depth = self._queue.qsize()
+            depth = self._depth
             self._metrics.queue_depth.set(depth)
             if depth > self._max_depth:  # called right after every enqueue: the exact high-water mark
                 self._max_depth = depth

@@ -76,8 +76,8 @@ def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None
     app.state.service = service
     install_error_handlers(app, metrics, settings.retry_after_s)
     app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc())
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       on_reject=lambda reason: metrics.rejected.labels(reason=reason).inc())
     app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
                        min_items=MIN_QUEUE_ITEMS, max_body_bytes=settings.max_body_bytes,
                        retry_after_s=settings.retry_after_s,

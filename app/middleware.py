@@ -82,17 +82,23 @@ class LoadSheddingMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 before the app parses anything.
+    """Refuse request bodies over ``max_bytes`` with 413, and bodies not received within
+    ``timeout_s`` seconds with 408, before the app parses anything.
 
     Checks the ``Content-Length`` header first, then reads the body while counting the bytes
     actually received (a client may lie about, or omit, Content-Length), stopping at the first byte
-    over the limit. A body within the limit is buffered (at most ``max_bytes``) and replayed to the
-    app; later ``receive`` calls (disconnect detection) go to the server. ``on_reject()`` is called
-    for each refusal (metrics).
+    over the limit. The whole body must arrive within ``timeout_s`` of the app starting to read it
+    (a slow upload, or ``Expect: 100-continue`` with no body, otherwise holds a connection and a
+    task for as long as the client likes, and delays shutdown by as much; uvicorn has no body
+    timeout of its own): past it the client gets 408 and the connection is closed. A body within
+    the limits is buffered (at most ``max_bytes``) and replayed to the app; later ``receive`` calls
+    (disconnect detection) go to the server. ``on_reject(reason)`` is called for each refusal
+    (metrics; reason ``body_too_large`` or ``body_timeout``).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
-        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.app, self.max_bytes, self.timeout_s, self.on_reject = app, max_bytes, timeout_s, on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method", "GET") in _NO_BODY_METHODS:
@@ -105,17 +111,23 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             return await self._too_large(scope, receive, send)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # client gone before the body arrived; nothing to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._too_large(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # client gone before the body arrived; nothing to answer
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        return await self._too_large(scope, receive, send)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return await self._refuse(scope, receive, send, 408, "body_timeout",
+                                      f"request body not received within {self.timeout_s:g} s",
+                                      reason="body_timeout")
         body = b"".join(chunks)
         replayed = False
 
@@ -132,9 +144,10 @@ class BodySizeLimitMiddleware:
         await self._refuse(scope, receive, send, 413, "body_too_large",
                            f"request body larger than {self.max_bytes} bytes")
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
+                      reason: str = "body_too_large") -> None:
         if self.on_reject is not None:
-            self.on_reject()
+            self.on_reject(reason)
         await _send_json(scope, receive, send, status, error_body(code, message))
 
 

@@ -26,7 +26,7 @@ from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, Error
 from app.service import Service
 from model.config import NLI_LABELS
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 422, 429, 500, 503, 504)}
 
 # Fewest queue items one request to each POST endpoint enqueues (the work items built below: a
 # /similarity pair is two texts to embed, an NLI pair or an /embeddings input one item), for

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from app.batching import MicroBatcher, WorkItem
 from app.errors import ClientDisconnected, NotReady, ShuttingDown
+from app.limits import estimated_tokens
 from app.metrics import Metrics
 from app.runner import ModelRunner, RunnerFactory, RunnerInfo
 from app.settings import Settings
@@ -81,7 +82,8 @@ class Service:
         runner = self.runner_factory(s, self.metrics.observe_pass)
         await asyncio.to_thread(runner.load)
         self.batcher = MicroBatcher(runner, max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
-                                    capacity=s.queue_capacity, metrics=self.metrics)
+                                    capacity=s.queue_capacity, cost_capacity=s.queue_capacity_tokens,
+                                    max_batch_cost=s.batch_token_budget, metrics=self.metrics)
         await self.batcher.run_sync(runner.warmup)
         self.runner, self.model_info = runner, runner.info()
         self.metrics.set_model(runner.parameter_counts(), self.model_info.model_bytes)
@@ -122,6 +124,8 @@ class Service:
             DeadlineExceeded, BatchFailed.
         """
         self.check_accepting()
+        for item in items:
+            item.cost = estimated_tokens(item, self.settings.max_tokens_per_text)
         work = self.batcher.submit(items, self.settings.request_timeout_s)
         if disconnected is None:
             return await work

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     queue_capacity: int = Field(
         512, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
                                 "pair or an embedding input 1); a request that does not fit gets 429.")
+    queue_capacity_tokens: int = Field(
+        16_384, ge=1, description="Most estimated tokens waiting in the queue (each text charged its estimated "
+                                  "token count, at most max_tokens_per_text): expensive requests fill it before "
+                                  "cheap ones fill queue_capacity, so load shedding (429) sees cost, not only "
+                                  "count. At least 2 * max_items_per_request * max_tokens_per_text.")
+    batch_token_budget: int = Field(
+        1024, ge=1, description="Most estimated tokens the batcher gathers into one batch (a batch always takes "
+                                "at least one item). Items are taken round-robin across waiting requests, so a "
+                                "short request rides in the next batch instead of waiting behind another "
+                                "request's long texts; a smaller budget shortens that wait under expensive load.")
 
     # ---- request limits ---------------------------------------------------------------------
     max_items_per_request: int = Field(
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body, in bytes; checked on Content-Length and on the "
                                      "bytes actually received; more gets 413.")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest time, in seconds, to receive a request's whole body once the service "
+                                "starts reading it; a slower upload (or `Expect: 100-continue` with no body) gets "
+                                "408 and its connection is closed. Bounds what a slow client holds, and so the "
+                                "graceful shutdown of every entry point (shutdown_timeout_s).")
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest time, in seconds, a request may wait for its results (queue + "
                                 "inference); past it the request gets 504.")
@@ -129,4 +144,8 @@ class Settings(BaseSettings):
         if self.queue_capacity < 2 * self.max_items_per_request:
             raise ValueError("queue_capacity must be at least 2 * max_items_per_request, "
                              "or a full /similarity request could never be accepted")
+        if self.queue_capacity_tokens < 2 * self.max_items_per_request * self.max_tokens_per_text:
+            raise ValueError("queue_capacity_tokens must be at least 2 * max_items_per_request * "
+                             "max_tokens_per_text, or a full /similarity request of long texts could never be "
+                             "accepted")
         return self

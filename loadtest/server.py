@@ -101,13 +101,17 @@ class ServerProcess:
             ``RELIABILITY_*`` variables are not inherited, so a run measures what it says.
         log_path: the server's stdout and stderr (default: discarded).
         graceful_s: ``PETE_SHUTDOWN_TIMEOUT_S`` unless ``env`` sets it; the uvicorn entry's grace period.
+        nofile: the server's open-file limit (``RLIMIT_NOFILE``, soft), e.g. 1024 as in many containers;
+            None: inherited.
     """
 
     def __init__(self, model_path: str | Path, *, factory: str = SERVICE_APP, entry: str = "pete-serve",
-                 env: dict[str, str] | None = None, log_path: str | Path | None = None, graceful_s: int = 30) -> None:
+                 env: dict[str, str] | None = None, log_path: str | Path | None = None, graceful_s: int = 30,
+                 nofile: int | None = None) -> None:
         if entry not in ("pete-serve", "uvicorn"):
             raise ValueError(f"unknown entry {entry!r}")
         self.model_path, self.factory, self.entry, self.graceful_s = Path(model_path), factory, entry, graceful_s
+        self.nofile = nofile
         self.port = free_port()
         self.env = {"PETE_LOG_LEVEL": "warning", **(env or {})}
         self.log_path = Path(log_path) if log_path else None
@@ -152,7 +156,8 @@ class ServerProcess:
             self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                     stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     preexec_fn=self._limit_files if self.nofile else None)
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -163,6 +168,12 @@ class ServerProcess:
             time.sleep(0.1)
         self.kill()
         raise TimeoutError(f"server not ready within {ready_timeout_s} s: {self.log_tail()}")
+
+    def _limit_files(self) -> None:  # in the child, before exec
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def _ready(self) -> bool:
         try:

@@ -9,6 +9,7 @@ import base64
 import functools
 import json
 import re
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -212,6 +213,38 @@ async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
         assert sent == []  # nobody to answer
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="499") == 1
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="500") == 0
+
+
+@pytest.mark.anyio
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_app_goes_on(checkpoint):
+    """A slow upload (the first bytes, then nothing) gets 408 with Connection: close after
+    body_timeout_s, counted as such; the service answers the next request."""
+    async with running_app(settings(checkpoint, body_timeout_s=0.3)) as (app, _, client):
+        sent: list[dict] = []
+        first = True
+
+        async def receive():
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b'{"pairs": [', "more_body": True}
+            await asyncio.sleep(3600)  # the rest never comes
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/similarity", "raw_path": b"/similarity", "root_path": "",
+                 "query_string": b"", "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        start = time.perf_counter()
+        await asyncio.wait_for(app(scope, receive, send), 5)
+        assert 0.25 < time.perf_counter() - start < 2
+        assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["error"] == "body_timeout"
+        assert sample(app, "pete_rejected_requests_total", reason="body_timeout") == 1
+        assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="408") == 1
+        assert (await client.post("/similarity", json={"pairs": [PAIR]})).status_code == 200
 
 
 @pytest.mark.anyio

@@ -122,6 +122,73 @@ async def test_full_queue_raises_overloaded_all_or_none():
     await b.stop()
 
 
+def costly(text: str, cost: int) -> WorkItem:
+    return WorkItem("embed", text, cost=cost)
+
+
+@pytest.mark.anyio
+async def test_items_are_taken_round_robin_so_a_short_request_rides_in_the_next_batch():
+    """A 2-item request queued behind a 12-item one is not served after it (FIFO) but in the next
+    batch, beside the long request's items; every output still goes to its own request, in order."""
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=64)
+    b.start()
+    rec.release.clear()
+    first = asyncio.create_task(b.submit(embed_items("first")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    long = asyncio.create_task(b.submit(embed_items(*(f"l{i}" for i in range(12)))))
+    await wait_until(lambda: b.depth == 12)
+    short = asyncio.create_task(b.submit(embed_items("s0", "s1")))
+    await wait_until(lambda: b.depth == 14)
+    rec.release.set()
+    assert await short == ["S0", "S1"] and await first == ["FIRST"]
+    assert await long == [f"L{i}" for i in range(12)]
+    assert rec.batches[1] == ["l0", "s0", "l1", "s1"]  # alternating, each request's items in order
+    assert rec.batches[2:] == [["l2", "l3", "l4", "l5"], ["l6", "l7", "l8", "l9"], ["l10", "l11"]]
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_batches_respect_the_cost_budget_and_a_costly_item_still_runs_alone():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=16, max_wait_s=0.0, capacity=64, max_batch_cost=100)
+    b.start()
+    rec.release.clear()
+    first = asyncio.create_task(b.submit(embed_items("first")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    work = asyncio.create_task(b.submit([costly("a", 60), costly("b", 30), costly("c", 30), costly("big", 500),
+                                         costly("d", 1)]))
+    await wait_until(lambda: b.depth == 5)
+    rec.release.set()
+    assert await first == ["FIRST"] and await work == ["A", "B", "C", "BIG", "D"]
+    assert rec.batches[1:] == [["a", "b"], ["c"], ["big"], ["d"]]
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_admission_charges_cost_as_well_as_items():
+    """A queue with room for 64 items but 100 tokens refuses a request whose cost does not fit
+    (all or none), and takes a cheap one."""
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=64, cost_capacity=100)
+    b.start()
+    rec.release.clear()
+    running = asyncio.create_task(b.submit([costly("x", 90)]))
+    await asyncio.to_thread(rec.entered.wait, 5)  # running: no longer charged to the queue
+    queued = asyncio.create_task(b.submit([costly("y", 80)]))
+    await wait_until(lambda: b.depth == 1)
+    assert b.queued_cost == 80
+    with pytest.raises(Overloaded):
+        await b.submit([costly("p", 10), costly("q", 20)])  # 2 of 64 items, but 110 > 100 tokens
+    assert b.depth == 1 and b.queued_cost == 80
+    cheap = asyncio.create_task(b.submit([costly("c", 20)]))
+    await wait_until(lambda: b.depth == 2)
+    rec.release.set()
+    assert await running == ["X"] and await queued == ["Y"] and await cheap == ["C"]
+    assert b.queued_cost == 0
+    await b.stop()
+
+
 @pytest.mark.anyio
 async def test_continuous_batching_runs_a_lone_item_at_once_and_batches_what_arrives_meanwhile():
     """max_wait 0 (the default): a request on an idle model runs without waiting for company, even
@@ -266,3 +333,23 @@ def test_length_chunks_split_on_rows_padded_tokens_and_padding():
     assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=0.5)) == [[0, 1, 2], [3, 4]]
     assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=0.6)) == [[0, 1, 2, 3, 4]]
     assert list(length_chunks(range(5), lengths, 8, 1000, max_padding=1.0)) == [[0, 1, 2, 3, 4]]
+
+
+def test_estimated_tokens_tracks_the_tokenizer_and_caps_worst_cases():
+    from app.limits import estimated_tokens
+    from tokenizers import Tokenizer
+
+    from app.settings import Settings
+
+    tok = Tokenizer.from_file(str(Settings().model_path / "tokenizer.json"))
+    prose = ["A man is playing a guitar.", "Stocks fell sharply on Tuesday, led by banks (down 4%).",
+             "Obama's plan won't pass, senators say."]
+    for text in prose:
+        true = len(tok.encode(text).ids)
+        assert 0.7 * true <= estimated_tokens(WorkItem("embed", text), 128) <= 1.4 * true, text
+    for worst in ("a " * 5000, "!" * 8000, "x" * 10_000 + " y" * 100):
+        assert estimated_tokens(WorkItem("embed", worst), 128) <= 128
+    assert estimated_tokens(WorkItem("embed", "a " * 5000), 128) == 128
+    assert estimated_tokens(WorkItem("embed", "!" * 8000), 128) == 128
+    pair = WorkItem("nli", "a dog runs", "a cat sleeps")
+    assert estimated_tokens(pair, 128) == 2 * estimated_tokens(WorkItem("embed", "a dog runs"), 128)

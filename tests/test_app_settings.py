@@ -50,3 +50,9 @@ def test_module_level_app_loads_nothing():
     svc = app.state.service
     assert svc.runner is None and svc.model_info is None and svc.batcher is None and not svc.ready
     assert callable(create_app) and callable(main)
+
+
+def test_token_capacity_must_take_a_full_request_of_long_texts():
+    with pytest.raises(ValidationError, match="queue_capacity_tokens"):
+        Settings(queue_capacity_tokens=8192, max_items_per_request=64, max_tokens_per_text=128)
+    assert Settings(queue_capacity_tokens=16384, max_items_per_request=64, max_tokens_per_text=128)
