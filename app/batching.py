@@ -7,12 +7,15 @@ single dedicated thread so the event loop stays responsive, then resolves each f
 output.
 
 Batch formation (continuous batching, as text-embeddings-inference does it): when the model is free
-the worker takes what is waiting at once, up to ``max_batch_size`` items and ``max_batch_cost``
-estimated tokens, and work arriving during a forward pass forms the next batch; a positive
-``max_wait_s`` makes an idle model wait that long after the first item for more. Items are taken
-**round-robin across requests** (one item from each waiting request in turn), so a request of a
-few short texts never waits behind another request's hundred long ones: it rides in the next
-batch. Admission is charged in both items and estimated tokens (``capacity``, ``cost_capacity``):
+the worker takes what is waiting at once, up to ``max_batch_size`` items and a ``max_batch_cost``
+(``pass_cost``: padded tokens, weighted by length), and work arriving during a forward pass forms
+the next batch; a positive ``max_wait_s`` makes an idle model wait that long after the first item
+for more. Items are taken **shortest remaining request first** (the waiting request with the least
+estimated cost left; equals in arrival order), so a request of a few short texts never waits
+behind another request's 64 long ones: it rides in the next batch, and with the default budget a batch of
+long texts is one text, so that wait is one short pass. Expensive requests yield to cheap ones:
+under cheap load at saturation they wait (up to the request timeout), which is the point: one
+client's worst-case inputs degrade that client first. Admission is charged in both items and estimated tokens (``capacity``, ``cost_capacity``):
 a request that would take the queue over either gets ``Overloaded`` (429) at once, so load
 shedding sees expensive requests, not only many ones.
 
@@ -63,6 +66,21 @@ class DeadlineExceeded(Exception):
     """The results were not ready within the request's timeout (maps to 504)."""
 
 
+PASS_COST_LENGTH = 128  # tokens; see pass_cost
+RESERVE_FRACTION = 0.125  # of the queue's capacities, kept for small requests (MicroBatcher.admits)
+
+
+def pass_cost(n: int, length: int) -> float:
+    """Estimated cost of one forward pass over ``n`` sequences padded to ``length`` tokens, in
+    token-equivalents: ``n * length * (1 + length / PASS_COST_LENGTH)``. A token costs more in a
+    longer sequence (attention, and activations that leave the cache): measured on the bundled
+    checkpoint (torch, 1 thread), 0.057 ms per token in a batch of 32 sequences of ~14 tokens and
+    0.108 ms in a batch of 8 of 128 tokens, a ratio of 1.9 that this formula puts at 1.8. So one
+    128-token text alone costs 256, two cost 512, and 32 short texts of 14 tokens cost 497.
+    """
+    return n * length * (1 + length / PASS_COST_LENGTH)
+
+
 @dataclass(eq=False)
 class WorkItem:
     """One unit of model work.
@@ -81,6 +99,14 @@ class WorkItem:
     enqueued_at: float = 0.0
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """A request's items still waiting, in order, and their summed cost."""
+
+    items: deque[WorkItem]
+    cost: int
+
+
 class MicroBatcher:
     """Bounded, request-fair queue + one worker task + one inference thread.
 
@@ -93,8 +119,12 @@ class MicroBatcher:
         capacity: most items waiting in the queue (>= 1).
         cost_capacity: most summed item ``cost`` (estimated tokens) waiting in the queue; None: no
             limit but ``capacity``.
-        max_batch_cost: most summed item ``cost`` in one batch (a batch always takes at least one
-            item); None: no limit but ``max_batch_size``.
+        max_batch_cost: most ``pass_cost(items, longest item cost)`` of one batch (a batch always
+            takes at least one item); None: no limit but ``max_batch_size``.
+        fast_lane_cost: while a pass holding an item that costs more than this runs, batches of
+            items costing at most this run beside it on a second inference thread (the fast lane),
+            so short requests never wait for a long pass; None or 0: one pass at a time. ``compute``
+            must then be safe to call from two threads at once.
         metrics: where to record queue wait, inference duration, queue depth, dropped items.
     Raises:
         ValueError: a limit out of range.
@@ -102,7 +132,7 @@ class MicroBatcher:
 
     def __init__(self, compute: ComputeFn, *, max_batch_size: int, max_wait_s: float, capacity: int,
                  cost_capacity: int | None = None, max_batch_cost: int | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 fast_lane_cost: int | None = None, metrics: Metrics | None = None) -> None:
         if max_batch_size < 1 or capacity < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and capacity must be >= 1, max_wait_s >= 0")
         if (cost_capacity is not None and cost_capacity < 1) or (max_batch_cost is not None and max_batch_cost < 1):
@@ -113,14 +143,17 @@ class MicroBatcher:
         self._capacity = capacity
         self._cost_capacity = cost_capacity
         self._max_batch_cost = max_batch_cost
-        self._requests: deque[deque[WorkItem]] = deque()  # waiting requests, each its waiting items in order
+        self._fast_lane_cost = fast_lane_cost
+        self._requests: list[_Waiting] = []  # waiting requests in arrival order
         self._depth = 0  # items waiting
         self._queued_cost = 0  # their summed cost
         self._arrived = asyncio.Event()  # set when items arrive (or stop() is called)
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pete-inference")
+        self._fast_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pete-fast-lane") \
+            if fast_lane_cost else None
         self._task: asyncio.Task | None = None
-        self._inflight: list[WorkItem] = []
+        self._inflight: list[WorkItem] = []  # items of the passes running now
         self._accepting = False
         self._closing = False
         self._max_depth = 0
@@ -155,6 +188,8 @@ class MicroBatcher:
                 await asyncio.wait({self._task})
         self._fail_pending(leftovers)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._fast_executor is not None:
+            self._fast_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def accepting(self) -> bool:
@@ -176,6 +211,20 @@ class MicroBatcher:
         """Items the queue can take now (capacity - depth)."""
         return self._capacity - self._depth
 
+    def admits(self, items: int, cost: int) -> bool:
+        """Whether a request of ``items`` items costing ``cost`` estimated tokens would be admitted
+        now. The last ``RESERVE_FRACTION`` of each capacity is kept for small requests: a request of
+        that fraction of a capacity or more may fill the queue only up to the rest, so the gaps big
+        requests leave always take a short one (without it, 64-item requests filled a 512-item
+        queue exactly and a single-pair client got 429 half the time: reliability/attacks.py)."""
+        def fits(n: int, used: int, capacity: int | None) -> bool:
+            if capacity is None:
+                return True
+            reserve = int(capacity * RESERVE_FRACTION) if n >= capacity * RESERVE_FRACTION else 0
+            return used + n <= capacity - reserve
+
+        return fits(items, self._depth, self._capacity) and fits(cost, self._queued_cost, self._cost_capacity)
+
     # ---- request side -------------------------------------------------------------------
     async def submit(self, items: list[WorkItem], timeout_s: float | None = None) -> list[Any]:
         """Enqueue ``items`` (all or none) and wait for their outputs, in order.
@@ -191,8 +240,7 @@ class MicroBatcher:
         if not self._accepting:
             raise Closed()
         cost = sum(item.cost for item in items)
-        if self._depth + len(items) > self._capacity or \
-                (self._cost_capacity is not None and self._queued_cost + cost > self._cost_capacity):
+        if not self.admits(len(items), cost):
             raise Overloaded()
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -200,7 +248,7 @@ class MicroBatcher:
             item.future = loop.create_future()
             item.enqueued_at = now
         if items:
-            self._requests.append(deque(items))
+            self._requests.append(_Waiting(deque(items), cost))
             self._depth += len(items)
             self._queued_cost += cost
             self._arrived.set()
@@ -218,7 +266,7 @@ class MicroBatcher:
 
     # ---- worker side --------------------------------------------------------------------
     async def _collect(self) -> list[WorkItem] | None:
-        """Wait for a first item, then take items round-robin across the waiting requests until the
+        """Wait for a first item, then take items shortest request first until the
         batch is full (items or cost) or, with ``max_wait_s`` > 0, the wait is over.
 
         Returns None when closing and the queue is empty.
@@ -230,10 +278,9 @@ class MicroBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         batch: list[WorkItem] = []
-        cost = 0
         deadline = loop.time() + self._max_wait_s
         while True:
-            cost = self._take_round_robin(batch, cost)
+            self._take_shortest_first(batch)
             remaining = deadline - loop.time()
             if self._depth or len(batch) >= self._max_batch_size or remaining <= 0 or self._closing:
                 break  # items still waiting did not fit: the batch is full
@@ -242,73 +289,110 @@ class MicroBatcher:
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
             except TimeoutError:
-                cost = self._take_round_robin(batch, cost)
+                self._take_shortest_first(batch)
                 break
         self._set_depth()
         return batch
 
-    def _take_round_robin(self, batch: list[WorkItem], cost: int) -> int:
-        """Move waiting items into ``batch``, one per request in turn, while they fit; returns the
-        batch's cost. The request whose next item does not fit keeps its turn for the next batch."""
-        while self._requests and len(batch) < self._max_batch_size:
-            request = self._requests[0]
-            item = request[0]
-            if batch and self._max_batch_cost is not None and cost + item.cost > self._max_batch_cost:
+    def _take_shortest_first(self, batch: list[WorkItem], max_item_cost: int | None = None) -> None:
+        """Move waiting items into ``batch`` while they fit, shortest remaining request first: each
+        step takes the next item of the waiting request with the least estimated cost left (ties:
+        the one that arrived first), so cheap requests never queue behind expensive ones and
+        requests finish one after another rather than all late together. The batch stops at
+        ``max_batch_size`` items or when ``pass_cost`` would pass ``max_batch_cost``; with
+        ``max_item_cost``, only requests whose next item costs at most that are taken from."""
+        longest = max((it.cost for it in batch), default=0)
+        while len(batch) < self._max_batch_size:
+            candidates = [r for r in self._requests if max_item_cost is None or r.items[0].cost <= max_item_cost]
+            if not candidates:
                 break
-            request.popleft()
-            self._requests.popleft()
-            if request:
-                self._requests.append(request)
+            request = min(candidates, key=lambda r: r.cost)
+            item = request.items[0]
+            longest = max(longest, item.cost)
+            if batch and self._max_batch_cost is not None and pass_cost(len(batch) + 1, longest) > self._max_batch_cost:
+                break
+            request.items.popleft()
+            request.cost -= item.cost
+            if not request.items:
+                self._requests.remove(request)
             self._depth -= 1
             self._queued_cost -= item.cost
             batch.append(item)
-            cost += item.cost
-        return cost
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             if batch is None:
                 return
-            live = [it for it in batch if not it.future.done()]
-            if self._metrics is not None:
-                if len(live) < len(batch):
-                    self._metrics.dropped.inc(len(batch) - len(live))
-                now = time.perf_counter()
-                for it in live:
-                    self._metrics.queue_wait.observe(now - it.enqueued_at)
-            if not live:
+            if self._fast_executor is None or all(it.cost <= self._fast_lane_cost for it in batch):
+                await self._run(batch, self._executor)
                 continue
-            self._inflight = live
-            start = time.perf_counter()
+            slow = asyncio.ensure_future(self._run(batch, self._executor))
             try:
-                outputs = await loop.run_in_executor(self._executor, self._compute, live)
-                if len(outputs) != len(live):
-                    raise RuntimeError(f"compute returned {len(outputs)} outputs for {len(live)} items")
-            except Exception:
-                log.exception("batch of %d items failed", len(live))
-                if self._metrics is not None:
-                    self._metrics.batch_failures.inc()
-                for it in live:
-                    if not it.future.done():
-                        it.future.set_exception(BatchFailed())
-                continue
+                while (cheap := await self._collect_cheap(slow)) is not None:
+                    await self._run(cheap, self._fast_executor)
+                await slow
             finally:
-                self._inflight = []
-                if self._metrics is not None:
-                    self._metrics.inference_duration.observe(time.perf_counter() - start)
-            for it, out in zip(live, outputs):
+                slow.cancel()  # only when the worker itself is cancelled (a forced stop)
+
+    async def _collect_cheap(self, slow: asyncio.Future) -> list[WorkItem] | None:
+        """A batch for the fast lane, as soon as items costing at most ``fast_lane_cost`` wait;
+        None once the ``slow`` pass is over (the next batch is formed as usual then)."""
+        while not slow.done():
+            batch: list[WorkItem] = []
+            self._take_shortest_first(batch, self._fast_lane_cost)
+            if batch:
+                self._set_depth()
+                return batch
+            self._arrived.clear()
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            await asyncio.wait({slow, arrived}, return_when=asyncio.FIRST_COMPLETED)
+            arrived.cancel()
+        return None
+
+    async def _run(self, batch: list[WorkItem], executor: ThreadPoolExecutor) -> None:
+        """Compute one batch on ``executor`` and resolve its items' futures (skipping items whose
+        future is already done); never raises but on cancellation."""
+        live = [it for it in batch if not it.future.done()]
+        if self._metrics is not None:
+            if len(live) < len(batch):
+                self._metrics.dropped.inc(len(batch) - len(live))
+            now = time.perf_counter()
+            for it in live:
+                self._metrics.queue_wait.observe(now - it.enqueued_at)
+        if not live:
+            return
+        self._inflight.extend(live)
+        start = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(executor, self._compute, live)
+            if len(outputs) != len(live):
+                raise RuntimeError(f"compute returned {len(outputs)} outputs for {len(live)} items")
+        except Exception:
+            log.exception("batch of %d items failed", len(live))
+            if self._metrics is not None:
+                self._metrics.batch_failures.inc()
+            for it in live:
                 if not it.future.done():
-                    if isinstance(out, Exception):  # this item failed, its batch-mates did not
-                        it.future.set_exception(out)
-                    else:
-                        it.future.set_result(out)
+                    it.future.set_exception(BatchFailed())
+            return
+        finally:
+            done = set(map(id, live))
+            self._inflight = [it for it in self._inflight if id(it) not in done]
+            if self._metrics is not None:
+                self._metrics.inference_duration.observe(time.perf_counter() - start)
+        for it, out in zip(live, outputs):
+            if not it.future.done():
+                if isinstance(out, Exception):  # this item failed, its batch-mates did not
+                    it.future.set_exception(out)
+                else:
+                    it.future.set_result(out)
 
     def _fail_pending(self, pending: list[WorkItem]) -> None:
         """Fail ``pending`` and every item still queued with ``Closed`` (after a forced stop)."""
-        while self._requests:
-            pending.extend(self._requests.popleft())
+        for request in self._requests:
+            pending.extend(request.items)
+        self._requests.clear()
         self._depth = self._queued_cost = 0
         for it in pending:
             if it.future is not None and not it.future.done():

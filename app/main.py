@@ -78,7 +78,9 @@ def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None
     app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
                        on_reject=lambda reason: metrics.rejected.labels(reason=reason).inc())
-    app.add_middleware(LoadSheddingMiddleware, free_slots=lambda: service.batcher.free_slots if service.ready else None,
+    app.add_middleware(LoadSheddingMiddleware,
+                       admits=lambda items, cost: service.batcher.admits(items, cost) if service.ready else None,
+                       max_request_cost=settings.max_request_cost,
                        min_items=MIN_QUEUE_ITEMS, max_body_bytes=settings.max_body_bytes,
                        retry_after_s=settings.retry_after_s,
                        on_reject=lambda: metrics.rejected.labels(reason="queue_full").inc())

@@ -13,6 +13,8 @@ from app.errors import OVERLOADED_MESSAGE, error_body
 from app.metrics import Metrics
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# Bodies from this size on are shed by their most possible cost before parsing (LoadSheddingMiddleware).
+SIZE_SHED_MIN_BYTES = 65_536
 
 
 async def _send_json(scope: Scope, receive: Receive, send: Send, status: int, body: dict,
@@ -37,37 +39,58 @@ def _declared_length(scope: Scope) -> int | None:
 class LoadSheddingMiddleware:
     """Answer 429 (``Retry-After``) before any parsing when the batch queue cannot take the request.
 
-    ``min_items`` maps a POST path to the fewest queue slots any request to it needs (a
-    /similarity pair takes 2, an NLI pair or an /embeddings input 1); when ``free_slots()`` is
-    below that, no body could be accepted, so the request is refused at once, the same 429
-    ``overloaded`` answer the batcher would give after FastAPI had parsed, authenticated and
-    validated it, at a fraction of the event loop's time (under 4x overload the event loop
-    otherwise spends most of its time producing 429s, and their p99 grew past 10 ms:
-    reliability/REPORT.md). Requests that might fit go on to the app, which decides exactly.
-    ``free_slots()`` returns None while there is no batcher (start-up): nothing is shed then. A
-    request declaring a body over ``max_body_bytes`` is not shed: it goes on to get its 413.
-    ``on_reject()`` is called for each refusal (metrics). The connection stays open (keep-alive).
+    ``admits(items, cost)`` says whether the queue would take a request of that many items and
+    estimated tokens now (None while there is no batcher, at start-up: nothing is shed then).
+    ``min_items`` maps a POST path to the fewest queue items any request to it needs (a /similarity
+    pair takes 2, an NLI pair or an /embeddings input 1); when even that does not fit, no body
+    could be accepted, so the request is refused at once, the same 429 ``overloaded`` answer the
+    batcher would give after FastAPI had parsed, authenticated and validated it, at a fraction of
+    the event loop's time (under 4x overload the event loop otherwise spends most of its time
+    producing 429s, and their p99 grew past 10 ms: reliability/REPORT.md).
+
+    Bodies of ``SIZE_SHED_MIN_BYTES`` or more are also checked at their most possible cost:
+    ``max_request_cost`` tokens, and no more than their bytes (every token takes at least one byte
+    of JSON, the two special tokens of a text its two quotes); one that may not fit is refused
+    before parsing. A client re-sending 1 MB bodies of worst-case texts as fast as it gets 429s
+    otherwise has each one parsed (~5 ms of event loop), and six such clients stalled everyone else
+    (reliability/attacks.py); smaller bodies cost little to parse and get the exact check, so a
+    short request is never refused for what it might have cost. Requests that might fit go on to
+    the app, which decides exactly. A request declaring a body over ``max_body_bytes`` is not shed:
+    it goes on to get its 413. ``on_reject()`` is called for each refusal (metrics). The connection
+    stays open (keep-alive), but for a large body, which is left unread: closing costs less than
+    draining it.
     """
 
-    def __init__(self, app: ASGIApp, free_slots: Callable[[], int | None], min_items: Mapping[str, int],
+    def __init__(self, app: ASGIApp, admits: Callable[[int, int], bool | None], min_items: Mapping[str, int],
                  retry_after_s: int, on_reject: Callable[[], None] | None = None,
-                 max_body_bytes: int | None = None) -> None:
-        self.app, self.free_slots, self.min_items = app, free_slots, dict(min_items)
-        self.max_body_bytes = max_body_bytes
+                 max_body_bytes: int | None = None, max_request_cost: int | None = None) -> None:
+        self.app, self.admits, self.min_items = app, admits, dict(min_items)
+        self.max_body_bytes, self.max_request_cost = max_body_bytes, max_request_cost
         self.retry_after = {"retry-after": str(retry_after_s)}
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST":
             need = self.min_items.get(scope.get("path", ""))
-            free = self.free_slots() if need is not None else None
-            if free is not None and free < need and not self._too_large(scope):
+            bound = self._bound_cost(scope) if need is not None else 0
+            if need is not None and self.admits(need, bound) is False and not self._too_large(scope):
                 if self.on_reject is not None:
                     self.on_reject()
+                # a large body left unread is not drained for keep-alive: the connection is closed
                 await _send_json(scope, receive, send, 429, error_body("overloaded", OVERLOADED_MESSAGE),
-                                 self.retry_after, close=False)
+                                 self.retry_after, close=bound > 0)
                 return
         await self.app(scope, receive, send)
+
+    def _bound_cost(self, scope: Scope) -> int:
+        """The most tokens a body of ``SIZE_SHED_MIN_BYTES`` or more may cost; 0 for a smaller one."""
+        try:
+            declared = _declared_length(scope)
+        except ValueError:
+            return 0
+        if declared is None or declared < SIZE_SHED_MIN_BYTES:
+            return 0
+        return min(declared, self.max_request_cost or declared)
 
     def _too_large(self, scope: Scope) -> bool:
         """A declared Content-Length over ``max_body_bytes``: such a request is refused with 413 by

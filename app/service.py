@@ -83,7 +83,8 @@ class Service:
         await asyncio.to_thread(runner.load)
         self.batcher = MicroBatcher(runner, max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
                                     capacity=s.queue_capacity, cost_capacity=s.queue_capacity_tokens,
-                                    max_batch_cost=s.batch_token_budget, metrics=self.metrics)
+                                    max_batch_cost=s.batch_token_budget, fast_lane_cost=s.fast_lane_tokens,
+                                    metrics=self.metrics)
         await self.batcher.run_sync(runner.warmup)
         self.runner, self.model_info = runner, runner.info()
         self.metrics.set_model(runner.parameter_counts(), self.model_info.model_bytes)

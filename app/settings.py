@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.batching import RESERVE_FRACTION
+
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "default"
 
 
@@ -81,18 +83,31 @@ class Settings(BaseSettings):
         1, ge=1, description="Seconds in the Retry-After header of every 429 (queue full) and 503 (loading, "
                              "draining) answer, /readyz's included.")
     queue_capacity: int = Field(
-        512, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
-                                "pair or an embedding input 1); a request that does not fit gets 429.")
+        1024, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
+                                "pair or an embedding input 1); a request that does not fit gets 429. Room for 7 "
+                                "requests of 128 items beside a reserve of 1/8 for smaller ones, so clients sending "
+                                "the largest requests wait in the queue instead of spinning on 429s "
+                                "(reliability/attacks.py).")
     queue_capacity_tokens: int = Field(
-        16_384, ge=1, description="Most estimated tokens waiting in the queue (each text charged its estimated "
+        131_072, ge=1, description="Most estimated tokens waiting in the queue (each text charged its estimated "
                                   "token count, at most max_tokens_per_text): expensive requests fill it before "
                                   "cheap ones fill queue_capacity, so load shedding (429) sees cost, not only "
-                                  "count. At least 2 * max_items_per_request * max_tokens_per_text.")
+                                  "count. 7/8 of it at least 2 * max_items_per_request * max_tokens_per_text (the last "
+                                  "1/8 is kept for requests smaller than that 1/8); "
+                                  "the default, 8 such requests, is ~15 s of worst-case work, within request_timeout_s: "
+                                  "queued clients wait instead of spinning on 429s.")
     batch_token_budget: int = Field(
-        1024, ge=1, description="Most estimated tokens the batcher gathers into one batch (a batch always takes "
-                                "at least one item). Items are taken round-robin across waiting requests, so a "
-                                "short request rides in the next batch instead of waiting behind another "
-                                "request's long texts; a smaller budget shortens that wait under expensive load.")
+        480, ge=1, description="Most a batch may cost, in token-equivalents: n texts padded to the longest one's "
+                               "estimated tokens T cost n * T * (1 + T / 128) (app.batching.pass_cost; a batch "
+                               "always takes at least one item). The shortest requests go first, so a short request "
+                               "rides in the next batch; the default lets about 30 short texts (14 tokens) or one "
+                               "128-token text into a pass, so the wait behind worst-case texts is one ~15 ms pass "
+                               "(reliability/attacks.py).")
+    fast_lane_tokens: int = Field(
+        32, ge=0, description="While a pass holding a text of more estimated tokens than this runs, batches of "
+                              "texts of at most this many run beside it on a second inference thread, so short "
+                              "requests do not wait for long ones (reliability/attacks.py: a single-pair client "
+                              "beside 6 clients sending 64 texts of 10,000 characters); 0: one pass at a time.")
 
     # ---- request limits ---------------------------------------------------------------------
     max_items_per_request: int = Field(
@@ -139,13 +154,21 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None
 
+    @property
+    def max_request_cost(self) -> int:
+        """The most estimated tokens one request can cost: max_items_per_request pairs of two texts of
+        max_tokens_per_text each."""
+        return 2 * self.max_items_per_request * self.max_tokens_per_text
+
     @model_validator(mode="after")
     def _request_fits_queue(self) -> "Settings":
-        if self.queue_capacity < 2 * self.max_items_per_request:
-            raise ValueError("queue_capacity must be at least 2 * max_items_per_request, "
-                             "or a full /similarity request could never be accepted")
-        if self.queue_capacity_tokens < 2 * self.max_items_per_request * self.max_tokens_per_text:
-            raise ValueError("queue_capacity_tokens must be at least 2 * max_items_per_request * "
-                             "max_tokens_per_text, or a full /similarity request of long texts could never be "
-                             "accepted")
+        # a request of 1/8 of a capacity or more may fill the queue only to the other 7/8 (MicroBatcher.admits)
+        usable = lambda capacity: capacity - int(capacity * RESERVE_FRACTION)  # noqa: E731
+        if usable(self.queue_capacity) < 2 * self.max_items_per_request:
+            raise ValueError("queue_capacity less its reserve for small requests (1/8) must be at least "
+                             "2 * max_items_per_request, or a full /similarity request could never be accepted")
+        if usable(self.queue_capacity_tokens) < self.max_request_cost:
+            raise ValueError("queue_capacity_tokens less its reserve for small requests (1/8) must be at least "
+                             "2 * max_items_per_request * max_tokens_per_text, or a full /similarity request of "
+                             "long texts could never be accepted")
         return self

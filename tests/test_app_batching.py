@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem
+from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem, pass_cost
+from app.settings import Settings
 from app.inference import TorchRunner
 from app.outputs import cosine
 from app.metrics import Metrics
@@ -127,9 +128,10 @@ def costly(text: str, cost: int) -> WorkItem:
 
 
 @pytest.mark.anyio
-async def test_items_are_taken_round_robin_so_a_short_request_rides_in_the_next_batch():
-    """A 2-item request queued behind a 12-item one is not served after it (FIFO) but in the next
-    batch, beside the long request's items; every output still goes to its own request, in order."""
+async def test_the_shortest_request_goes_first_so_a_short_request_rides_in_the_next_batch():
+    """A 2-item request queued behind a 12-item one of the same cost per item is not served after it
+    (FIFO) but first in the next batch, the long request's items filling it; every output still
+    goes to its own request, in order."""
     rec = Recorder()
     b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=64)
     b.start()
@@ -143,37 +145,63 @@ async def test_items_are_taken_round_robin_so_a_short_request_rides_in_the_next_
     rec.release.set()
     assert await short == ["S0", "S1"] and await first == ["FIRST"]
     assert await long == [f"L{i}" for i in range(12)]
-    assert rec.batches[1] == ["l0", "s0", "l1", "s1"]  # alternating, each request's items in order
+    assert rec.batches[1] == ["s0", "s1", "l0", "l1"]  # each request's items in order
     assert rec.batches[2:] == [["l2", "l3", "l4", "l5"], ["l6", "l7", "l8", "l9"], ["l10", "l11"]]
     await b.stop()
 
 
 @pytest.mark.anyio
-async def test_batches_respect_the_cost_budget_and_a_costly_item_still_runs_alone():
+async def test_cheap_requests_go_first_and_long_texts_run_one_per_pass_under_the_default_budget():
+    """Behind a request of six 128-token texts, requests of 2 and 40 14-token texts arriving later
+    go first (shortest first; a long text would take the pass past the budget) in passes of 30
+    (pass_cost 15.5 each), then the long texts one per pass."""
+    budget = Settings().batch_token_budget
+    assert pass_cost(1, 128) <= budget < pass_cost(2, 128) and pass_cost(30, 14) <= budget < pass_cost(31, 14)
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=64, max_wait_s=0.0, capacity=128, max_batch_cost=budget)
+    b.start()
+    rec.release.clear()
+    first = asyncio.create_task(b.submit(embed_items("first")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    long = asyncio.create_task(b.submit([costly(f"l{i}", 128) for i in range(6)]))
+    await wait_until(lambda: b.depth == 6)
+    short = asyncio.create_task(b.submit([costly("s0", 14), costly("s1", 14)]))
+    many = asyncio.create_task(b.submit([costly(f"m{i}", 14) for i in range(40)]))
+    await wait_until(lambda: b.depth == 48)
+    rec.release.set()
+    assert await first == ["FIRST"] and len(await long) == 6 and await short == ["S0", "S1"] and len(await many) == 40
+    assert rec.batches[1][:4] == ["s0", "s1", "m0", "m1"] and len(rec.batches[1]) == 30  # the shortest first
+    assert [len(x) for x in rec.batches[2:]] == [12, 1, 1, 1, 1, 1, 1]
+    assert rec.batches[3:] == [[f"l{i}"] for i in range(6)]
+    await b.stop()
+
+
+@pytest.mark.anyio
+async def test_a_costly_item_over_the_budget_still_runs_alone():
     rec = Recorder()
     b = MicroBatcher(rec, max_batch_size=16, max_wait_s=0.0, capacity=64, max_batch_cost=100)
     b.start()
     rec.release.clear()
     first = asyncio.create_task(b.submit(embed_items("first")))
     await asyncio.to_thread(rec.entered.wait, 5)
-    work = asyncio.create_task(b.submit([costly("a", 60), costly("b", 30), costly("c", 30), costly("big", 500),
-                                         costly("d", 1)]))
-    await wait_until(lambda: b.depth == 5)
+    work = asyncio.create_task(b.submit([costly("big", 500)]))
+    await wait_until(lambda: b.depth == 1)
     rec.release.set()
-    assert await first == ["FIRST"] and await work == ["A", "B", "C", "BIG", "D"]
-    assert rec.batches[1:] == [["a", "b"], ["c"], ["big"], ["d"]]
+    assert await first == ["FIRST"] and await work == ["BIG"]
+    assert rec.batches[1:] == [["big"]]
     await b.stop()
 
 
 @pytest.mark.anyio
 async def test_admission_charges_cost_as_well_as_items():
     """A queue with room for 64 items but 100 tokens refuses a request whose cost does not fit
-    (all or none), and takes a cheap one."""
+    (all or none), keeps its last eighth (12 tokens) from requests of an eighth or more, and
+    takes a cheap one there."""
     rec = Recorder()
     b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=64, cost_capacity=100)
     b.start()
     rec.release.clear()
-    running = asyncio.create_task(b.submit([costly("x", 90)]))
+    running = asyncio.create_task(b.submit([costly("x", 88)]))
     await asyncio.to_thread(rec.entered.wait, 5)  # running: no longer charged to the queue
     queued = asyncio.create_task(b.submit([costly("y", 80)]))
     await wait_until(lambda: b.depth == 1)
@@ -181,7 +209,10 @@ async def test_admission_charges_cost_as_well_as_items():
     with pytest.raises(Overloaded):
         await b.submit([costly("p", 10), costly("q", 20)])  # 2 of 64 items, but 110 > 100 tokens
     assert b.depth == 1 and b.queued_cost == 80
-    cheap = asyncio.create_task(b.submit([costly("c", 20)]))
+    with pytest.raises(Overloaded):
+        await b.submit([costly("r", 15)])  # 95 <= 100, but 15 >= 12.5 may not use the reserve: 95 > 88
+    assert not b.admits(1, 13) and b.admits(1, 12) and b.admits(1, 8)
+    cheap = asyncio.create_task(b.submit([costly("c", 12)]))  # into the reserve
     await wait_until(lambda: b.depth == 2)
     rec.release.set()
     assert await running == ["X"] and await queued == ["Y"] and await cheap == ["C"]

@@ -55,4 +55,6 @@ def test_module_level_app_loads_nothing():
 def test_token_capacity_must_take_a_full_request_of_long_texts():
     with pytest.raises(ValidationError, match="queue_capacity_tokens"):
         Settings(queue_capacity_tokens=8192, max_items_per_request=64, max_tokens_per_text=128)
-    assert Settings(queue_capacity_tokens=16384, max_items_per_request=64, max_tokens_per_text=128)
+    with pytest.raises(ValidationError, match="queue_capacity_tokens"):  # 7/8 of it is 16,128 < 16,384
+        Settings(queue_capacity_tokens=18432, max_items_per_request=64, max_tokens_per_text=128)
+    assert Settings(queue_capacity_tokens=18725, max_items_per_request=64, max_tokens_per_text=128)
