@@ -12,12 +12,13 @@ the worker takes what is waiting at once, up to ``max_batch_size`` items and a `
 the next batch; a positive ``max_wait_s`` makes an idle model wait that long after the first item
 for more. Items are taken **shortest remaining request first** (the waiting request with the least
 estimated cost left; equals in arrival order), so a request of a few short texts never waits
-behind another request's 64 long ones: it rides in the next batch, and with the default budget a batch of
-long texts is one text, so that wait is one short pass. Expensive requests yield to cheap ones:
-under cheap load at saturation they wait (up to the request timeout), which is the point: one
-client's worst-case inputs degrade that client first. Admission is charged in both items and estimated tokens (``capacity``, ``cost_capacity``):
-a request that would take the queue over either gets ``Overloaded`` (429) at once, so load
-shedding sees expensive requests, not only many ones.
+behind another request's 64 long ones: it rides in the next batch, and with the default budget a
+batch of long texts is one text, so that wait is one short pass. Expensive requests yield to
+cheap ones: under cheap load at saturation they wait (up to the request timeout), which is the
+point: one client's worst-case inputs degrade that client first. Admission is charged in both
+items and estimated tokens (``capacity``, ``cost_capacity``): a request that would take the queue
+over either gets ``Overloaded`` (429) at once, so load shedding sees expensive requests, not only
+many ones.
 
 Items whose future is already done (request cancelled, client gone, timed out) are dropped before
 compute. An exception inside ``compute`` fails only that batch's futures (``BatchFailed``); an
@@ -68,6 +69,11 @@ class DeadlineExceeded(Exception):
 
 PASS_COST_LENGTH = 128  # tokens; see pass_cost
 RESERVE_FRACTION = 0.125  # of the queue's capacities, kept for small requests (MicroBatcher.admits)
+
+
+def reserve(capacity: int) -> int:
+    """The part of a queue capacity kept for small requests: ``RESERVE_FRACTION`` of it, rounded down."""
+    return int(capacity * RESERVE_FRACTION)
 
 
 def pass_cost(n: int, length: int) -> float:
@@ -206,11 +212,6 @@ class MicroBatcher:
         """Summed ``cost`` (estimated tokens) of the items waiting now."""
         return self._queued_cost
 
-    @property
-    def free_slots(self) -> int:
-        """Items the queue can take now (capacity - depth)."""
-        return self._capacity - self._depth
-
     def admits(self, items: int, cost: int) -> bool:
         """Whether a request of ``items`` items costing ``cost`` estimated tokens would be admitted
         now. The last ``RESERVE_FRACTION`` of each capacity is kept for small requests: a request of
@@ -220,8 +221,7 @@ class MicroBatcher:
         def fits(n: int, used: int, capacity: int | None) -> bool:
             if capacity is None:
                 return True
-            reserve = int(capacity * RESERVE_FRACTION) if n >= capacity * RESERVE_FRACTION else 0
-            return used + n <= capacity - reserve
+            return used + n <= capacity - (reserve(capacity) if n >= capacity * RESERVE_FRACTION else 0)
 
         return fits(items, self._depth, self._capacity) and fits(cost, self._queued_cost, self._cost_capacity)
 
@@ -303,7 +303,8 @@ class MicroBatcher:
         ``max_item_cost``, only requests whose next item costs at most that are taken from."""
         longest = max((it.cost for it in batch), default=0)
         while len(batch) < self._max_batch_size:
-            candidates = [r for r in self._requests if max_item_cost is None or r.items[0].cost <= max_item_cost]
+            candidates = self._requests if max_item_cost is None else \
+                [r for r in self._requests if r.items[0].cost <= max_item_cost]
             if not candidates:
                 break
             request = min(candidates, key=lambda r: r.cost)

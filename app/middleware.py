@@ -36,6 +36,15 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+def _number_or_none(scope: Scope) -> int | None:
+    """``_declared_length``, None also when the header is not a number (BodySizeLimitMiddleware
+    answers that one 400)."""
+    try:
+        return _declared_length(scope)
+    except ValueError:
+        return None
+
+
 class LoadSheddingMiddleware:
     """Answer 429 (``Retry-After``) before any parsing when the batch queue cannot take the request.
 
@@ -84,10 +93,7 @@ class LoadSheddingMiddleware:
 
     def _bound_cost(self, scope: Scope) -> int:
         """The most tokens a body of ``SIZE_SHED_MIN_BYTES`` or more may cost; 0 for a smaller one."""
-        try:
-            declared = _declared_length(scope)
-        except ValueError:
-            return 0
+        declared = _number_or_none(scope)
         if declared is None or declared < SIZE_SHED_MIN_BYTES:
             return 0
         return min(declared, self.max_request_cost or declared)
@@ -95,13 +101,8 @@ class LoadSheddingMiddleware:
     def _too_large(self, scope: Scope) -> bool:
         """A declared Content-Length over ``max_body_bytes``: such a request is refused with 413 by
         ``BodySizeLimitMiddleware`` (too big is the more useful answer than "retry later")."""
-        if self.max_body_bytes is None:
-            return False
-        try:
-            declared = _declared_length(scope)
-        except ValueError:
-            return False  # not a number: BodySizeLimitMiddleware answers 400
-        return declared is not None and declared > self.max_body_bytes
+        declared = _number_or_none(scope)
+        return self.max_body_bytes is not None and declared is not None and declared > self.max_body_bytes
 
 
 class BodySizeLimitMiddleware:
@@ -115,8 +116,8 @@ class BodySizeLimitMiddleware:
     task for as long as the client likes, and delays shutdown by as much; uvicorn has no body
     timeout of its own): past it the client gets 408 and the connection is closed. A body within
     the limits is buffered (at most ``max_bytes``) and replayed to the app; later ``receive`` calls
-    (disconnect detection) go to the server. ``on_reject(reason)`` is called for each refusal
-    (metrics; reason ``body_too_large`` or ``body_timeout``).
+    (disconnect detection) go to the server. ``on_reject(code)`` is called for each refusal
+    (metrics; the error code, ``body_too_large`` or ``body_timeout``).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None,
@@ -149,8 +150,7 @@ class BodySizeLimitMiddleware:
                         break
         except TimeoutError:
             return await self._refuse(scope, receive, send, 408, "body_timeout",
-                                      f"request body not received within {self.timeout_s:g} s",
-                                      reason="body_timeout")
+                                      f"request body not received within {self.timeout_s:g} s")
         body = b"".join(chunks)
         replayed = False
 
@@ -167,10 +167,9 @@ class BodySizeLimitMiddleware:
         await self._refuse(scope, receive, send, 413, "body_too_large",
                            f"request body larger than {self.max_bytes} bytes")
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
-                      reason: str = "body_too_large") -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
         if self.on_reject is not None:
-            self.on_reject(reason)
+            self.on_reject(code)
         await _send_json(scope, receive, send, status, error_body(code, message))
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.batching import RESERVE_FRACTION
+from app.batching import reserve
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "default"
 
@@ -163,11 +163,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _request_fits_queue(self) -> "Settings":
         # a request of 1/8 of a capacity or more may fill the queue only to the other 7/8 (MicroBatcher.admits)
-        usable = lambda capacity: capacity - int(capacity * RESERVE_FRACTION)  # noqa: E731
-        if usable(self.queue_capacity) < 2 * self.max_items_per_request:
+        if self.queue_capacity - reserve(self.queue_capacity) < 2 * self.max_items_per_request:
             raise ValueError("queue_capacity less its reserve for small requests (1/8) must be at least "
                              "2 * max_items_per_request, or a full /similarity request could never be accepted")
-        if usable(self.queue_capacity_tokens) < self.max_request_cost:
+        if self.queue_capacity_tokens - reserve(self.queue_capacity_tokens) < self.max_request_cost:
             raise ValueError("queue_capacity_tokens less its reserve for small requests (1/8) must be at least "
                              "2 * max_items_per_request * max_tokens_per_text, or a full /similarity request of "
                              "long texts could never be accepted")

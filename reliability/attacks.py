@@ -63,8 +63,14 @@ def _count(tally: Tally, key: str, n: int = 1) -> None:
     tally[key] = tally.get(key, 0) + n
 
 
-async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.wait_for(asyncio.open_connection(HOST, port, local_addr=(ATTACKER_ADDR, 0)), 5)
+async def _connect(port: int, tally: Tally) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection from ``ATTACKER_ADDR``; None when it failed (counted in ``tally``, after a 0.5 s pause)."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(HOST, port, local_addr=(ATTACKER_ADDR, 0)), 5)
+    except (OSError, TimeoutError) as e:
+        _count(tally, f"connect_{type(e).__name__}")
+        await asyncio.sleep(0.5)
+        return None
 
 
 async def _status(reader: asyncio.StreamReader, timeout: float, tally: Tally) -> str:
@@ -94,12 +100,9 @@ async def _holder(port: int, until: float, tally: Tally, hold: Callable[[asyncio
     ``until``: sends ``head``, then ``hold(writer)`` trickles what the attack trickles while the
     answer is awaited."""
     while time.perf_counter() < until:
-        try:
-            reader, writer = await _connect(port)
-        except (OSError, TimeoutError) as e:
-            _count(tally, f"connect_{type(e).__name__}")
-            await asyncio.sleep(0.5)
+        if (streams := await _connect(port, tally)) is None:
             continue
+        reader, writer = streams
         _count(tally, "connections")
         trickle = None
         try:
@@ -187,12 +190,9 @@ async def expensive_texts(port: int, until: float, tally: Tally, clients: int = 
         reader = writer = None
         while time.perf_counter() < until:
             if writer is None or writer.is_closing():
-                try:
-                    reader, writer = await _connect(port)
-                except (OSError, TimeoutError) as e:
-                    _count(tally, f"connect_{type(e).__name__}")
-                    await asyncio.sleep(0.5)
+                if (streams := await _connect(port, tally)) is None:
                     continue
+                reader, writer = streams
             writer.write(raws[i % len(raws)])
             i += 1
             status = await _read_response(reader, max(0.1, until - time.perf_counter()))
@@ -231,12 +231,9 @@ async def disconnects(port: int, until: float, tally: Tally, clients: int = 8, p
     async def client(k: int) -> None:
         i = k
         while time.perf_counter() < until:
-            try:
-                _, writer = await _connect(port)
-            except (OSError, TimeoutError) as e:
-                _count(tally, f"connect_{type(e).__name__}")
-                await asyncio.sleep(0.5)
+            if (streams := await _connect(port, tally)) is None:
                 continue
+            _, writer = streams
             writer.write(raw if i % 2 == 0 else raw[: len(raw) - 200])
             _count(tally, "abandoned" if i % 2 == 0 else "abandoned_mid_body")
             i += 1

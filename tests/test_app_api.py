@@ -193,6 +193,14 @@ async def test_concurrent_requests_are_coalesced_without_changing_scores(checkpo
         assert sample(app, "pete_batch_size_sum") >= 34 and sample(app, "pete_batch_size_bucket", le="1.0") == 0
 
 
+def similarity_scope() -> dict:
+    """The ASGI scope of a JSON POST /similarity, for driving the app with hand-made messages."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/similarity", "raw_path": b"/similarity", "root_path": "",
+            "query_string": b"", "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+
 @pytest.mark.anyio
 async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
     async with running_app(settings(checkpoint)) as (app, _, client):
@@ -205,11 +213,7 @@ async def test_a_client_gone_mid_body_counts_as_499_never_500(checkpoint):
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/similarity", "raw_path": b"/similarity", "root_path": "",
-                 "query_string": b"", "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
+        await app(similarity_scope(), receive, send)
         assert sent == []  # nobody to answer
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="499") == 1
         assert sample(app, "pete_request_duration_seconds_count", endpoint="/similarity", status="500") == 0
@@ -233,12 +237,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_app_goes_on(ch
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/similarity", "raw_path": b"/similarity", "root_path": "",
-                 "query_string": b"", "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
         start = time.perf_counter()
-        await asyncio.wait_for(app(scope, receive, send), 5)
+        await asyncio.wait_for(app(similarity_scope(), receive, send), 5)
         assert 0.25 < time.perf_counter() - start < 2
         assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
         assert json.loads(sent[1]["body"])["error"] == "body_timeout"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem, pass_cost
-from app.settings import Settings
 from app.inference import TorchRunner
-from app.outputs import cosine
 from app.metrics import Metrics
+from app.outputs import cosine
+from app.settings import Settings
 from model.encoder import EncoderConfig, SentenceEncoder
 from model.tokenizer import tokenizer_from_vocab
 from conftest import TINY_VOCAB
@@ -367,10 +367,9 @@ def test_length_chunks_split_on_rows_padded_tokens_and_padding():
 
 
 def test_estimated_tokens_tracks_the_tokenizer_and_caps_worst_cases():
-    from app.limits import estimated_tokens
     from tokenizers import Tokenizer
 
-    from app.settings import Settings
+    from app.limits import estimated_tokens
 
     tok = Tokenizer.from_file(str(Settings().model_path / "tokenizer.json"))
     prose = ["A man is playing a guitar.", "Stocks fell sharply on Tuesday, led by banks (down 4%).",
