@@ -63,9 +63,10 @@ serve: $(RUNTIME_STAMP)
 	$(VENV)/bin/pete-serve --host "$(HOST)" --port "$(PORT)" --model "$${PETE_MODEL_PATH:-$(MODEL_PATH)}"
 
 # Debian packages the integration tests drive: prometheus (`prometheus`, `promtool`:
-# tests/test_deploy_prometheus.py) and chromium (/docs rendered offline: tests/test_app_docs.py).
+# tests/test_deploy_prometheus.py), chromium (/docs rendered offline: tests/test_app_docs.py) and
+# nginx (the deploy's reverse proxy: tests/test_deploy_nginx.py, reliability/attacks.py).
 # Installed only when missing and we are root with apt-get; otherwise those tests skip with a reason.
-DEPLOY_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium
+DEPLOY_TOOLS := prometheus:prometheus promtool:prometheus chromium:chromium nginx:nginx
 
 deploy-tools:
 	@missing=""; for t in $(DEPLOY_TOOLS); do \

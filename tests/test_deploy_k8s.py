@@ -40,7 +40,7 @@ def test_manifests_validate_against_kubernetes_schema(version):
     version = version or kubernetes_validate.utils.latest_version()
     docs = _docs()
     assert {d["kind"] for _, d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler",
-                                            "PodDisruptionBudget"}
+                                            "PodDisruptionBudget", "ConfigMap"}
     for path, doc in docs:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -67,8 +67,8 @@ def test_api_versions():
     assert kinds["PodDisruptionBudget"]["apiVersion"] == "policy/v1"
 
 
-def _container(dep: dict) -> dict:
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
+def _container(dep: dict, name: str = "pete-serve") -> dict:
+    (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
 
 
@@ -129,7 +129,9 @@ def test_service_hpa_pdb_select_the_deployment():
     svc = kinds["Service"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (port,) = svc["spec"]["ports"]
-    assert port["targetPort"] in ("http", 8000)
+    # clients go through the proxy sidecar, never straight to the service
+    proxy_ports = {p["name"]: p["containerPort"] for p in _container(dep, "proxy")["ports"]}
+    assert port["targetPort"] in proxy_ports or port["targetPort"] in proxy_ports.values()
     pdb = kinds["PodDisruptionBudget"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     hpa = kinds["HorizontalPodAutoscaler"]
@@ -141,3 +143,45 @@ def test_service_hpa_pdb_select_the_deployment():
     assert metric["resource"]["name"] == "cpu"
     # utilization targets need CPU requests on the container
     assert "cpu" in _container(dep)["resources"]["requests"]
+
+
+def test_proxy_sidecar_runs_the_shipped_nginx_conf():
+    """The pod's ``proxy`` container runs deploy/nginx/nginx.conf (from the generated ConfigMap,
+    in sync with the file), listens where the Service points, forwards to the service's port, and
+    drains within the same bound as the service."""
+    import subprocess
+    import sys
+    kinds = _by_kind()
+    dep, cm = kinds["Deployment"], kinds["ConfigMap"]
+    pod = dep["spec"]["template"]["spec"]
+    proxy, app = _container(dep, "proxy"), _container(dep)
+    conf_path = ROOT / "deploy" / "nginx" / "nginx.conf"
+    conf = conf_path.read_text()
+    # the ConfigMap holds the file verbatim, and the generator agrees
+    assert cm["data"]["nginx.conf"] == conf
+    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "nginx" / "render_configmap.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # mounted where the command reads it
+    (vol,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == cm["metadata"]["name"]]
+    (mount,) = [m for m in proxy["volumeMounts"] if m["name"] == vol["name"]]
+    assert proxy["command"][-1] == mount["mountPath"] + "/nginx.conf"
+    # ports: the proxy listens on its containerPort and forwards to the service's
+    listen = int(re.search(r"^\s*listen (\d+);", conf, re.M).group(1))
+    upstream = int(re.search(r"^\s*server 127\.0\.0\.1:(\d+);", conf, re.M).group(1))
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {"proxy": listen}
+    assert upstream == {p["name"]: p["containerPort"] for p in app["ports"]}["http"]
+    # nginx writes only its pid and temp files, all under /tmp: a writable emptyDir there
+    assert {m["mountPath"] for m in proxy["volumeMounts"]} >= {"/tmp"}
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    written = re.findall(r"^\s*(?:pid|\w+_temp_path) (\S+);", conf, re.M)
+    assert len(written) == 6 and all(p.startswith("/tmp/") for p in written), written
+    # drains like the service: preStop waits as long, then quits gracefully; nginx's own
+    # worker_shutdown_timeout equals the service's shutdown bound, all within the grace period
+    assert proxy["lifecycle"]["preStop"]["exec"]["command"][-1].startswith(
+        f"sleep {app['lifecycle']['preStop']['exec']['command'][-1]};")
+    assert "-s quit" in proxy["lifecycle"]["preStop"]["exec"]["command"][-1]
+    env = {e["name"]: e for e in app["env"]}
+    nginx_drain = int(re.search(r"^worker_shutdown_timeout (\d+)s;", conf, re.M).group(1))
+    assert nginx_drain == float(env["PETE_SHUTDOWN_TIMEOUT_S"]["value"])
+    assert {"requests", "limits"} <= set(proxy["resources"])

@@ -66,7 +66,15 @@ def test_compose_parses_and_references_existing_files():
     assert {"pete-serve", "prometheus", "grafana"} <= set(services)
     build = services["pete-serve"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile"
-    assert "127.0.0.1:8000:8000" in services["pete-serve"]["ports"]
+    # clients reach the service through the proxy, which shares its network namespace and
+    # forwards to 127.0.0.1:8000 with deploy/nginx/nginx.conf
+    assert services["pete-serve"]["ports"] == ["127.0.0.1:8080:8080"]
+    proxy = services["proxy"]
+    assert proxy["network_mode"] == "service:pete-serve"
+    assert "./nginx/nginx.conf:/etc/nginx/pete/nginx.conf:ro" in proxy["volumes"]
+    assert proxy["entrypoint"][-1] == "/etc/nginx/pete/nginx.conf"
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert "listen 8080;" in conf and "server 127.0.0.1:8000;" in conf
     assert services["prometheus"]["depends_on"]["pete-serve"]["condition"] == "service_healthy"
     named_volumes = set(compose.get("volumes") or {})
     mounted = []
