@@ -12,8 +12,9 @@ the worker takes what is waiting at once, up to ``max_batch_size`` items and a `
 the next batch; a positive ``max_wait_s`` makes an idle model wait that long after the first item
 for more. Items are taken **shortest remaining request first** (the waiting request with the least
 estimated cost left; equals in arrival order), so a request of a few short texts never waits
-behind another request's 64 long ones: it rides in the next batch, and with the default budget a
-batch of long texts is one text, so that wait is one short pass. Expensive requests yield to
+behind another request's 64 long ones: it rides in the next batch, and while a pass of long texts
+runs, batches of short ones run beside it in the fast lane (``fast_lane_cost``), so that wait is
+one short pass. Expensive requests yield to
 cheap ones: under cheap load at saturation they wait (up to the request timeout), which is the
 point: one client's worst-case inputs degrade that client first. Admission is charged in both
 items and estimated tokens (``capacity``, ``cost_capacity``): a request that would take the queue

@@ -83,11 +83,13 @@ class Settings(BaseSettings):
         1, ge=1, description="Seconds in the Retry-After header of every 429 (queue full) and 503 (loading, "
                              "draining) answer, /readyz's included.")
     queue_capacity: int = Field(
-        1024, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
-                                "pair or an embedding input 1); a request that does not fit gets 429. Room for 7 "
-                                "requests of 128 items beside a reserve of 1/8 for smaller ones, so clients sending "
-                                "the largest requests wait in the queue instead of spinning on 429s "
-                                "(reliability/attacks.py).")
+        768, ge=1, description="Most work items waiting in the queue (a similarity pair counts 2, an NLI "
+                               "pair or an embedding input 1); a request that does not fit gets 429. Room for 5 "
+                               "requests of 128 items beside a reserve of 1/8 for smaller ones, so clients sending "
+                               "the largest requests wait in the queue instead of spinning on 429s "
+                               "(reliability/attacks.py: 512 let six such clients slow a single-pair client 5-10x), "
+                               "and about 0.5 s of short-text work on 2 cores, so the backlog an overload leaves "
+                               "drains within a second (reliability/overload.py; 1024 took 1.06 s).")
     queue_capacity_tokens: int = Field(
         131_072, ge=1, description="Most estimated tokens waiting in the queue (each text charged its estimated "
                                   "token count, at most max_tokens_per_text): expensive requests fill it before "
@@ -97,12 +99,13 @@ class Settings(BaseSettings):
                                   "the default, 8 such requests, is ~15 s of worst-case work, within request_timeout_s: "
                                   "queued clients wait instead of spinning on 429s.")
     batch_token_budget: int = Field(
-        480, ge=1, description="Most a batch may cost, in token-equivalents: n texts padded to the longest one's "
-                               "estimated tokens T cost n * T * (1 + T / 128) (app.batching.pass_cost; a batch "
-                               "always takes at least one item). The shortest requests go first, so a short request "
-                               "rides in the next batch; the default lets about 30 short texts (14 tokens) or one "
-                               "128-token text into a pass, so the wait behind worst-case texts is one ~15 ms pass "
-                               "(reliability/attacks.py).")
+        1024, ge=1, description="Most a batch may cost, in token-equivalents: n texts padded to the longest one's "
+                                "estimated tokens T cost n * T * (1 + T / 128) (app.batching.pass_cost; a batch "
+                                "always takes at least one item). The shortest requests go first, so a short request "
+                                "rides in the next batch; the default lets a full batch of texts of up to 26 tokens "
+                                "or four 128-token texts (~60 ms) into a pass, and short texts run beside such a pass "
+                                "in the fast lane (fast_lane_tokens). 480 (two long texts a pass) cost 8-10% of "
+                                "short-request throughput for no gain under attack (reliability/attacks.py).")
     fast_lane_tokens: int = Field(
         32, ge=0, description="While a pass holding a text of more estimated tokens than this runs, batches of "
                               "texts of at most this many run beside it on a second inference thread, so short "
@@ -128,7 +131,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Longest time, in seconds, to receive a request's whole body once the service "
                                 "starts reading it; a slower upload (or `Expect: 100-continue` with no body) gets "
                                 "408 and its connection is closed. Bounds what a slow client holds, and so the "
-                                "graceful shutdown of every entry point (shutdown_timeout_s).")
+                                "graceful shutdown of every entry point: it must be less than shutdown_timeout_s.")
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest time, in seconds, a request may wait for its results (queue + "
                                 "inference); past it the request gets 504.")
@@ -146,7 +149,8 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On shutdown, longest time, in seconds, that pete-serve waits for open "
                                 "requests (uvicorn's graceful timeout) and the batcher's accepted work; "
                                 "keep it below the deploy's grace period minus its preStop delay (Kubernetes: "
-                                "30 - 5 s, tests/test_deploy_k8s.py checks the margin).")
+                                "30 - 5 s, tests/test_deploy_k8s.py checks the margin) and above body_timeout_s "
+                                "(slow uploads get their 408 first; reliability/faults.py).")
     log_level: str = Field("info", description="uvicorn log level (critical, error, warning, info, debug).")
 
     @field_validator("api_key")
@@ -159,6 +163,15 @@ class Settings(BaseSettings):
         """The most estimated tokens one request can cost: max_items_per_request pairs of two texts of
         max_tokens_per_text each."""
         return 2 * self.max_items_per_request * self.max_tokens_per_text
+
+    @model_validator(mode="after")
+    def _slow_uploads_end_before_shutdown(self) -> "Settings":
+        # a slow upload gets its 408 before the graceful shutdown gives up on it (uvicorn would cancel
+        # its task then: a 500 and a stack trace), so SIGTERM is never held past shutdown_timeout_s
+        if self.body_timeout_s >= self.shutdown_timeout_s:
+            raise ValueError("body_timeout_s must be less than shutdown_timeout_s, so that slow uploads end "
+                             "(408) before the graceful shutdown's bound")
+        return self
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> "Settings":

@@ -12,6 +12,11 @@ batch hook (model-runner seam) in the test's own event loop: tests/test_reliabil
    in flight); SIGTERM after ``--pre`` s; the clients go on (reconnecting) for ``--post`` s. The
    server's access log names every request it answered, so each request's fate is known on both
    sides: lost = answered by the server (logged) but not received by its client.
+   With ``--slow-bodies N`` (default 20) one more round per entry point adds N connections that
+   upload a 1 MB body at 1 KB/s from the start: the body timeout (``PETE_BODY_TIMEOUT_S``, 408;
+   the settings keep it below ``PETE_SHUTDOWN_TIMEOUT_S``) must end them, and the process exit
+   within the bound, with no accepted request lost (uvicorn alone kept a process 43-55 s past
+   SIGTERM for one such client).
 2. Disconnect storm: while 8 clients load the server, ``--abandon`` clients each send a request
    and close the socket 20 ms later (their work is queued): the work must be skipped
    (``pete_dropped_items_total``, ``pete_rejected_requests_total{reason="client_gone"}``) and
@@ -92,26 +97,35 @@ class SigtermRound:
     exit_code: int | None
     exit_after_s: float
     log: str  # the server's log (access lines name each answered rid)
+    slow_bodies: list[dict[str, Any]]  # per slow upload: how it ended, seconds after SIGTERM
 
 
 async def sigterm_under_load(model: Path, work: Path, *, entry: str = "pete-serve", clients: int = 16, pairs: int = 4,
                              pre_s: float = 1.5, post_s: float = 2.0, batch_delay_ms: int = 30,
-                             graceful_s: int = 10) -> dict[str, Any]:
-    """One SIGTERM-under-load round: figures and checks (measure -> summarise -> judge)."""
+                             graceful_s: int = 20, slow_bodies: int = 0,
+                             body_timeout_s: float | None = None) -> dict[str, Any]:
+    """One SIGTERM-under-load round (with ``slow_bodies`` slow uploads open): figures and checks
+    (measure -> summarise -> judge)."""
     r = await measure_sigterm(model, work, entry=entry, clients=clients, pairs=pairs, pre_s=pre_s, post_s=post_s,
-                              batch_delay_ms=batch_delay_ms, graceful_s=graceful_s)
+                              batch_delay_ms=batch_delay_ms, graceful_s=graceful_s, slow_bodies=slow_bodies,
+                              body_timeout_s=body_timeout_s)
     out = {"entry": entry, "command": r.command, "clients": clients, "batch_delay_ms": batch_delay_ms,
-           "graceful_s": graceful_s, **summarise_sigterm(r)}
+           "graceful_s": graceful_s, "slow_bodies": slow_bodies, **summarise_sigterm(r)}
     out["checks"] = judge_sigterm(out, r, entry=entry, graceful_s=graceful_s)
     return out
 
 
 async def measure_sigterm(model: Path, work: Path, *, entry: str, clients: int, pairs: int, pre_s: float, post_s: float,
-                          batch_delay_ms: int, graceful_s: int) -> SigtermRound:
-    """Numbered closed-loop clients against a server with slow batches; SIGTERM after ``pre_s``; the
-    clients go on for ``post_s``. Also watches when new connections start being refused."""
+                          batch_delay_ms: int, graceful_s: int, slow_bodies: int = 0,
+                          body_timeout_s: float | None = None) -> SigtermRound:
+    """Numbered closed-loop clients against a server with slow batches, and ``slow_bodies`` uploads
+    at 1 KB/s opened at the start; SIGTERM after ``pre_s``; the clients go on for ``post_s``. Also
+    watches when new connections start being refused. ``body_timeout_s``: ``PETE_BODY_TIMEOUT_S``
+    (None: the default, which must be below ``graceful_s``)."""
     env = {"PETE_LOG_LEVEL": "info", "RELIABILITY_BATCH_DELAY_MS": str(batch_delay_ms),
            "PETE_SHUTDOWN_TIMEOUT_S": str(graceful_s)}
+    if body_timeout_s is not None:
+        env["PETE_BODY_TIMEOUT_S"] = str(body_timeout_s)
     log = work / f"sigterm-{entry}-{time.time_ns()}.log"
     srv = ServerProcess(model, factory=HARNESS_APP, env=env, entry=entry, log_path=log, graceful_s=graceful_s)
     bodies = similarity_bodies(100, pairs, seed=7)
@@ -119,6 +133,7 @@ async def measure_sigterm(model: Path, work: Path, *, entry: str, clients: int, 
         srv.start()
         t_start = time.perf_counter()
         loop = asyncio.ensure_future(_numbered_clients(srv.port, bodies, clients, t_start + pre_s + post_s, 1_000_000))
+        slow = [asyncio.ensure_future(_slow_upload(srv.port, graceful_s * 2 + 30)) for _ in range(slow_bodies)]
         await asyncio.sleep(pre_s)
         t_sig = time.perf_counter()
         srv.terminate()
@@ -131,10 +146,41 @@ async def measure_sigterm(model: Path, work: Path, *, entry: str, clients: int, 
         refused_after = await _refused_after(srv.port, t_sig)
         records = await loop
         rc, t_exit = await exit_task
+        ended = [{"end": end, "after_sigterm_s": round(t - t_sig, 3)} for end, t in await asyncio.gather(*slow)]
     finally:
         srv.kill()
     return SigtermRound(" ".join(srv.command()[1:]), records, t_sig, refused_after, rc, t_exit,
-                        log.read_text(errors="replace") if log.is_file() else "")
+                        log.read_text(errors="replace") if log.is_file() else "", ended)
+
+
+async def _slow_upload(port: int, timeout_s: float) -> tuple[str, float]:
+    """Send a request announcing a 1 MB body and upload it at 1 KB/s; how it ended (the status of
+    the answer, "closed" or "reset" without one, "no_answer" after ``timeout_s``) and when."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(build_request("POST", "/similarity", None, {"Content-Type": "application/json",
+                                                             "Content-Length": str(1 << 20)}, port=port) + b"{")
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            writer.write(b" " * 100)
+            await writer.drain()
+
+    upload = asyncio.ensure_future(trickle())
+    try:
+        async with asyncio.timeout(timeout_s):
+            head = await reader.readuntil(b"\r\n\r\n")
+        end = head.split(maxsplit=2)[1].decode()
+    except TimeoutError:
+        end = "no_answer"
+    except asyncio.IncompleteReadError:
+        end = "closed"
+    except OSError:
+        end = "reset"
+    finally:
+        upload.cancel()
+        writer.close()
+    return end, time.perf_counter()
 
 
 async def _refused_after(port: int, since: float, tries: int = 400) -> float | None:
@@ -175,6 +221,8 @@ def summarise_sigterm(r: SigtermRound) -> dict[str, Any]:
         "listening_socket_closed_after_s": None if r.refused_after_s is None else round(r.refused_after_s, 4),
         "exit_code": r.exit_code, "exit_after_s": round(r.exit_after_s, 3),
         "graceful_timeout_hit": "timeout graceful shutdown exceeded" in r.log,
+        "slow_bodies_ended": _tally([{"status": 0, "error": b["end"]} for b in r.slow_bodies]),
+        "slow_bodies_last_end_after_sigterm_s": max((b["after_sigterm_s"] for b in r.slow_bodies), default=None),
         "log_tail": r.log[-1200:],
     }
 
@@ -198,6 +246,8 @@ def judge_sigterm(out: dict[str, Any], r: SigtermRound, *, entry: str, graceful_
         "no_graceful_timeout": check(not out["graceful_timeout_hit"], out["graceful_timeout_hit"], False),
         "exit_code": check(rc == 0 if entry == "pete-serve" else rc is not None, rc,
                            0 if entry == "pete-serve" else "any (uvicorn CLI re-raises SIGTERM: -15)"),
+        # slow uploads: ended by the body timeout (408), before the graceful timeout
+        "slow_bodies_ended": check(all(b["end"] == "408" for b in r.slow_bodies), out["slow_bodies_ended"], "408"),
     }
 
 
@@ -251,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pre", type=float, default=1.5, help="seconds of load before SIGTERM")
     ap.add_argument("--post", type=float, default=2.0, help="seconds the clients go on after SIGTERM")
     ap.add_argument("--batch-delay-ms", type=int, default=30)
-    ap.add_argument("--graceful", type=int, default=10, help="grace period in seconds (uvicorn and the batcher)")
+    ap.add_argument("--graceful", type=int, default=20, help="grace period in seconds (uvicorn and the batcher; default 20, the service default)")
+    ap.add_argument("--slow-bodies", type=int, default=20,
+                    help="slow uploads in one more round per entry point (0: no such round)")
     ap.add_argument("--abandon", type=int, default=40, help="abandoning clients in the disconnect storm")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "faults.json")
     args = ap.parse_args(argv)
@@ -262,20 +314,24 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rounds = []
     for entry in args.entries.split(","):
-        for i in range(args.rounds):
+        for i in range(args.rounds + (args.slow_bodies > 0)):
+            slow = args.slow_bodies if i == args.rounds else 0
             r = asyncio.run(sigterm_under_load(model, work, entry=entry, clients=args.clients, pre_s=args.pre,
                                                post_s=args.post, batch_delay_ms=args.batch_delay_ms,
-                                               graceful_s=args.graceful))
+                                               graceful_s=args.graceful, slow_bodies=slow))
+            uploads = f", {slow} slow uploads: {r['slow_bodies_ended']}" if slow else ""
             print(f"SIGTERM {entry} round {i + 1}: before {r['before_sigterm']} in flight {r['in_flight_at_sigterm']} "
-                  f"after {r['after_sigterm']} lost {r['lost']} rc {r['exit_code']} exit {r['exit_after_s']} s")
+                  f"after {r['after_sigterm']} lost {r['lost']} rc {r['exit_code']} exit {r['exit_after_s']} s{uploads}")
             rounds.append(r)
     storm = asyncio.run(disconnect_storm(model, work, abandon=args.abandon))
     print(f"disconnect storm: {storm['abandoned']} abandoned, dropped items {storm['dropped_items']}, client_gone "
           f"{storm['client_gone']}, others {storm['load_statuses']}")
     checks: dict[str, Any] = {}
+    per_entry = args.rounds + (args.slow_bodies > 0)
     for i, r in enumerate(rounds):
+        tag = "slow_bodies" if r["slow_bodies"] else str(i % per_entry + 1)
         for name, c in r["checks"].items():
-            checks[f"sigterm[{r['entry']}#{i % args.rounds + 1}].{name}"] = c
+            checks[f"sigterm[{r['entry']}#{tag}].{name}"] = c
     checks.update({f"disconnect.{k}": v for k, v in storm["checks"].items()})
     out = {"model": model_desc, "machine": machine_info(), "sigterm_rounds": rounds, "disconnect_storm": storm,
            "checks": checks, "seconds": round(time.perf_counter() - t0, 1)}

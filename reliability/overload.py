@@ -246,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-threads", type=int, default=1, help="PETE_TORCH_THREADS of the server (default 1)")
     ap.add_argument("--queue-capacity", type=int, default=DEFAULT_CAPACITY, help="PETE_QUEUE_CAPACITY (default: app's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--env", action="append", default=[], metavar="PETE_X=V", help="another service setting (repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "overload.json")
     args = ap.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory(prefix="pete-overload-")  # removed at exit (checkpoints, server logs)
     work = Path(tmp.name)
     model, model_desc = resolve_model(args.model, work)
-    env = {"PETE_TORCH_THREADS": str(args.torch_threads), "PETE_QUEUE_CAPACITY": str(args.queue_capacity)}
+    env = {"PETE_TORCH_THREADS": str(args.torch_threads), "PETE_QUEUE_CAPACITY": str(args.queue_capacity),
+           **dict(kv.split("=", 1) for kv in args.env)}
     t0 = time.perf_counter()
     with ServerProcess(model, env=env, log_path=work / "server.log") as srv:
         print(f"server pid {srv.pid} on 127.0.0.1:{srv.port} ({model_desc}); measuring saturation ...")

@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def settings(checkpoint: Path, **overrides) -> Settings:
     base = dict(model_path=checkpoint, torch_threads=1, max_batch_size=8, max_wait_ms=1, queue_capacity=64,
                 max_items_per_request=8, max_chars_per_text=500, max_tokens_per_text=16, request_timeout_s=10,
-                shutdown_timeout_s=5, materialize_embeddings=True, quantize="none")
+                shutdown_timeout_s=5, body_timeout_s=4, materialize_embeddings=True, quantize="none")
     return Settings(**{**base, **overrides})
 
 

@@ -151,28 +151,28 @@ async def test_the_shortest_request_goes_first_so_a_short_request_rides_in_the_n
 
 
 @pytest.mark.anyio
-async def test_cheap_requests_go_first_and_long_texts_run_one_per_pass_under_the_default_budget():
-    """Behind a request of six 128-token texts, requests of 2 and 40 14-token texts arriving later
-    go first (shortest first; a long text would take the pass past the budget) in passes of 30
-    (pass_cost 15.5 each), then the long texts one per pass."""
+async def test_cheap_requests_go_first_and_long_texts_run_four_per_pass_under_the_default_budget():
+    """Behind a request of eight 128-token texts (1,024 tokens), requests of 2 and 70 14-token texts
+    (980) arriving later go first (shortest first; a long text would take the pass past the budget)
+    in passes of 65 (pass_cost 15.5 each), then the long texts four per pass."""
     budget = Settings().batch_token_budget
-    assert pass_cost(1, 128) <= budget < pass_cost(2, 128) and pass_cost(30, 14) <= budget < pass_cost(31, 14)
+    assert pass_cost(4, 128) <= budget < pass_cost(5, 128) and pass_cost(65, 14) <= budget < pass_cost(66, 14)
     rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=64, max_wait_s=0.0, capacity=128, max_batch_cost=budget)
+    b = MicroBatcher(rec, max_batch_size=128, max_wait_s=0.0, capacity=256, max_batch_cost=budget)
     b.start()
     rec.release.clear()
     first = asyncio.create_task(b.submit(embed_items("first")))
     await asyncio.to_thread(rec.entered.wait, 5)
-    long = asyncio.create_task(b.submit([costly(f"l{i}", 128) for i in range(6)]))
-    await wait_until(lambda: b.depth == 6)
+    long = asyncio.create_task(b.submit([costly(f"l{i}", 128) for i in range(8)]))
+    await wait_until(lambda: b.depth == 8)
     short = asyncio.create_task(b.submit([costly("s0", 14), costly("s1", 14)]))
-    many = asyncio.create_task(b.submit([costly(f"m{i}", 14) for i in range(40)]))
-    await wait_until(lambda: b.depth == 48)
+    many = asyncio.create_task(b.submit([costly(f"m{i}", 14) for i in range(70)]))
+    await wait_until(lambda: b.depth == 80)
     rec.release.set()
-    assert await first == ["FIRST"] and len(await long) == 6 and await short == ["S0", "S1"] and len(await many) == 40
-    assert rec.batches[1][:4] == ["s0", "s1", "m0", "m1"] and len(rec.batches[1]) == 30  # the shortest first
-    assert [len(x) for x in rec.batches[2:]] == [12, 1, 1, 1, 1, 1, 1]
-    assert rec.batches[3:] == [[f"l{i}"] for i in range(6)]
+    assert await first == ["FIRST"] and len(await long) == 8 and await short == ["S0", "S1"] and len(await many) == 70
+    assert rec.batches[1][:4] == ["s0", "s1", "m0", "m1"] and len(rec.batches[1]) == 65  # the shortest first
+    assert [len(x) for x in rec.batches[2:]] == [7, 4, 4]
+    assert rec.batches[3:] == [[f"l{i}" for i in range(4)], [f"l{i}" for i in range(4, 8)]]
     await b.stop()
 
 

@@ -123,7 +123,7 @@ async def test_client_gone_while_queued_is_skipped_and_nothing_else_is_affected(
 @pytest.mark.slow
 def test_sigterm_under_load_loses_nothing_and_exits_0(tiny, tmp_path):
     r = asyncio.run(sigterm_under_load(tiny, tmp_path, entry="pete-serve", clients=12, pre_s=1.0, post_s=1.0,
-                                       batch_delay_ms=30, graceful_s=10))
+                                       batch_delay_ms=30, graceful_s=20))
     failed = {k: c for k, c in r["checks"].items() if not c["ok"]}
     assert not failed, (failed, r["log_tail"])
     # what happens exactly (REPORT.md): in-flight requests complete with 200; within ~0.1 s uvicorn
@@ -132,6 +132,21 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(tiny, tmp_path):
     assert r["exit_code"] == 0 and r["lost"] == 0
     assert not [k for k in r["after_sigterm"] if k[0] in "345"], r["after_sigterm"]
     assert "connect ConnectionRefusedError" in r["after_sigterm"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_with_slow_uploads_exits_within_the_shutdown_bound(tiny, tmp_path):
+    """Slow uploads (1 KB/s, 1 MB) do not hold the process: their body timeout (2 s, below the
+    shutdown bound of 4 s, as the settings require) answers 408, the process exits within
+    PETE_SHUTDOWN_TIMEOUT_S without hitting uvicorn's graceful timeout (which would cancel them: a
+    500 and a stack trace), and every request the server answered reached its client."""
+    r = asyncio.run(sigterm_under_load(tiny, tmp_path, entry="pete-serve", clients=8, pre_s=1.0, post_s=1.0,
+                                       batch_delay_ms=30, graceful_s=4, slow_bodies=5, body_timeout_s=2.0))
+    failed = {k: c for k, c in r["checks"].items() if not c["ok"]}
+    assert not failed, (failed, r["log_tail"])
+    assert r["slow_bodies_ended"] == {"408": 5} and r["slow_bodies_last_end_after_sigterm_s"] < 2.0
+    assert "Traceback" not in r["log_tail"]
 
 
 @pytest.mark.integration
