@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.batching import BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded, WorkItem, pass_cost
+from app.batching import (AGING_TOKENS_PER_S, BatchFailed, Closed, DeadlineExceeded, MicroBatcher, Overloaded,
+                          WorkItem, pass_cost)
 from app.inference import TorchRunner
 from app.metrics import Metrics
 from app.outputs import cosine
@@ -129,18 +130,18 @@ def costly(text: str, cost: int) -> WorkItem:
 
 @pytest.mark.anyio
 async def test_the_shortest_request_goes_first_so_a_short_request_rides_in_the_next_batch():
-    """A 2-item request queued behind a 12-item one of the same cost per item is not served after it
-    (FIFO) but first in the next batch, the long request's items filling it; every output still
-    goes to its own request, in order."""
+    """A 2-item request queued behind a 12-item one of the same cost per item (100 tokens) is not
+    served after it (FIFO) but first in the next batch, the long request's items filling it; every
+    output still goes to its own request, in order."""
     rec = Recorder()
     b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=64)
     b.start()
     rec.release.clear()
     first = asyncio.create_task(b.submit(embed_items("first")))
     await asyncio.to_thread(rec.entered.wait, 5)
-    long = asyncio.create_task(b.submit(embed_items(*(f"l{i}" for i in range(12)))))
+    long = asyncio.create_task(b.submit([costly(f"l{i}", 100) for i in range(12)]))
     await wait_until(lambda: b.depth == 12)
-    short = asyncio.create_task(b.submit(embed_items("s0", "s1")))
+    short = asyncio.create_task(b.submit([costly("s0", 100), costly("s1", 100)]))
     await wait_until(lambda: b.depth == 14)
     rec.release.set()
     assert await short == ["S0", "S1"] and await first == ["FIRST"]
@@ -152,9 +153,9 @@ async def test_the_shortest_request_goes_first_so_a_short_request_rides_in_the_n
 
 @pytest.mark.anyio
 async def test_cheap_requests_go_first_and_long_texts_run_four_per_pass_under_the_default_budget():
-    """Behind a request of eight 128-token texts (1,024 tokens), requests of 2 and 70 14-token texts
-    (980) arriving later go first (shortest first; a long text would take the pass past the budget)
-    in passes of 65 (pass_cost 15.5 each), then the long texts four per pass."""
+    """Behind a request of eight 128-token texts (1,024 tokens), requests of 2 and 40 14-token texts
+    (560) arriving later go first (shortest first; a long text would take the pass past the budget)
+    in one pass (pass_cost 15.5 each, 65 would fit), then the long texts four per pass."""
     budget = Settings().batch_token_budget
     assert pass_cost(4, 128) <= budget < pass_cost(5, 128) and pass_cost(65, 14) <= budget < pass_cost(66, 14)
     rec = Recorder()
@@ -166,14 +167,37 @@ async def test_cheap_requests_go_first_and_long_texts_run_four_per_pass_under_th
     long = asyncio.create_task(b.submit([costly(f"l{i}", 128) for i in range(8)]))
     await wait_until(lambda: b.depth == 8)
     short = asyncio.create_task(b.submit([costly("s0", 14), costly("s1", 14)]))
-    many = asyncio.create_task(b.submit([costly(f"m{i}", 14) for i in range(70)]))
-    await wait_until(lambda: b.depth == 80)
+    many = asyncio.create_task(b.submit([costly(f"m{i}", 14) for i in range(40)]))
+    await wait_until(lambda: b.depth == 50)
     rec.release.set()
-    assert await first == ["FIRST"] and len(await long) == 8 and await short == ["S0", "S1"] and len(await many) == 70
-    assert rec.batches[1][:4] == ["s0", "s1", "m0", "m1"] and len(rec.batches[1]) == 65  # the shortest first
-    assert [len(x) for x in rec.batches[2:]] == [7, 4, 4]
-    assert rec.batches[3:] == [[f"l{i}" for i in range(4)], [f"l{i}" for i in range(4, 8)]]
+    assert await first == ["FIRST"] and len(await long) == 8 and await short == ["S0", "S1"] and len(await many) == 40
+    assert rec.batches[1] == ["s0", "s1"] + [f"m{i}" for i in range(40)]  # the shortest first
+    assert rec.batches[2:] == [[f"l{i}" for i in range(4)], [f"l{i}" for i in range(4, 8)]]
     await b.stop()
+
+
+@pytest.mark.anyio
+async def test_an_expensive_request_is_not_passed_for_ever():
+    """Aging: a request costing 500 tokens (0.05 s at AGING_TOKENS_PER_S) goes after a cheap one
+    that arrives at once, but before a cheap one that arrives 0.1 s later (pure shortest-first
+    let such requests wait behind a stream of cheaper ones until they timed out)."""
+    assert 500 / AGING_TOKENS_PER_S < 0.08
+    for delay, expected in ((0.0, ["cheap", "big"]), (0.1, ["big", "cheap"])):
+        rec = Recorder()
+        b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=64)
+        b.start()
+        rec.release.clear()
+        first = asyncio.create_task(b.submit(embed_items("first")))
+        await asyncio.to_thread(rec.entered.wait, 5)
+        big = asyncio.create_task(b.submit([costly("big", 500)]))
+        await wait_until(lambda: b.depth == 1)
+        await asyncio.sleep(delay)
+        cheap = asyncio.create_task(b.submit([costly("cheap", 20)]))
+        await wait_until(lambda: b.depth == 2)
+        rec.release.set()
+        assert await first == ["FIRST"] and await big == ["BIG"] and await cheap == ["CHEAP"]
+        assert [x for (x,) in rec.batches[1:]] == expected, delay
+        await b.stop()
 
 
 @pytest.mark.anyio

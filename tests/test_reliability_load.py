@@ -5,10 +5,10 @@ HTTP, is the bottleneck, as with the bundled one).
 
 Relaxed here, enforced by the long runs (REPORT.md): the 429 p99 (< 50 ms here, p50 < 10 ms; < 10 ms
 in the script), and the soak's latency drift (p50 within 2x here, 20% in the script). The queue
-capacity is the app default, 512 items: ~0.25 s of work for the packed int8 encoder, so the backlog
-left by the overload drains well within a second. (256 held only ~0.13 s of work since the serving
-speed-up, and a short stall of a busy machine then turned bursts of the 70% soak into 429s: 1 run in
-3 failed with the d=512 study training beside it.)"""
+capacity is 512 items (the app default is 768): ~0.25 s of work for the packed int8 encoder on the
+reference shape, so the backlog left by the overload drains well within a second. (256 held only
+~0.13 s of work since the serving speed-up, and a short stall of a busy machine then turned bursts
+of the 70% soak into 429s: 1 run in 3 failed with the d=512 study training beside it.)"""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_soak_short_no_errors_flat_memory_stable_latency(server):
                              rss_every_s=0.25, rss_span_s=1.0, latency_tolerance=1.0))
     assert r["checks"]["zero_errors"]["ok"], r["checks"]["zero_errors"]
     assert r["checks"]["rss_growth_window2_to_end"]["ok"], r["rss_series_mb"]
-    assert 0.5 <= r["latency_last_over_window2"]["p50"] <= 2.0, r["windows"]
+    assert 0.5 <= r["latency_late_over_early"]["p50"] <= 2.0, r["windows"]
     assert all(w["requests"] > 0 for w in r["windows"])
 
 
