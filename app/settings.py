@@ -87,7 +87,7 @@ class Settings(BaseSettings):
                                "pair or an embedding input 1); a request that does not fit gets 429. Room for 5 "
                                "requests of 128 items beside a reserve of 1/8 for smaller ones, so clients sending "
                                "the largest requests wait in the queue instead of spinning on 429s "
-                               "(reliability/attacks.py: 512 let six such clients slow a single-pair client 5-10x), "
+                               "(reliability/attacks.py: 512 let six such clients slow a single-pair client 5-11x), "
                                "and about 0.5 s of short-text work on 2 cores, so the backlog an overload leaves "
                                "drains within a second (reliability/overload.py; 1024 took 1.06 s).")
     queue_capacity_tokens: int = Field(

@@ -11,8 +11,8 @@ for ``--duration`` s, sampling the server's RSS every ``--rss-every`` s. Results
 
 Checks: 0 errors (every response 200, no connection error, no arrival left unsent); RSS grows
 < 5% between the end of window 2 (minute 2) and the end of the run (minute 10), each the median of
-the samples of the last 10 s before it; no latency drift: p50/p95/p99 of the late windows pooled
-(minutes 7-10) within 20% of the early ones pooled (minutes 2-5; ``drift_windows``).
+the samples of the last 10 s before it; no latency growth: p50/p95/p99 of the late windows pooled
+(minutes 7-10) at most 20% above the early ones pooled (minutes 2-5; ``drift_windows``).
 
 Writes ``reliability/results/soak.json``; exits 1 when a check fails.
 """
@@ -149,7 +149,8 @@ def judge_soak(out: dict[str, Any], *, latency_tolerance: float, rss_growth_limi
     return {
         "zero_errors": check(not non_200 and not out["not_sent"], {"non_200": non_200, "not_sent": out["not_sent"]}, 0),
         "rss_growth_window2_to_end": check(growth < rss_growth_limit, growth, f"< {rss_growth_limit}"),
-        **{f"{q}_late_vs_early": check(abs(r - 1.0) <= latency_tolerance, r, f"1 +- {latency_tolerance}")
+        # growth is what a leak or a backlog shows; a late window faster than an early one is noise
+        **{f"{q}_late_vs_early": check(r <= 1.0 + latency_tolerance, r, f"<= {1.0 + latency_tolerance}")
            for q, r in out["latency_late_over_early"].items()},
     }
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
-import pytest
 
 from app.cli import metrics_directory
 from conftest import wait_ready

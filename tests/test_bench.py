@@ -4,15 +4,10 @@ target evaluation). Fast, no servers, no training."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import random
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -172,4 +172,4 @@ def test_pip_audit_of_the_locked_dependencies():
     if r["status"] in ("no_lock", "missing_tool", "unreachable", "not_audited"):
         pytest.skip(f"pip-audit could not audit: {r['status']}: {r.get('reason')}")
     assert r["status"] == "ok", ("unaccepted findings: fix them or list them in reliability.security.ACCEPTED_VULNS "
-                                 f"and reliability/REPORT.md", r["vulns"])
+                                 "and reliability/REPORT.md", r["vulns"])
