@@ -20,6 +20,10 @@ from loadtest.server import free_port
 from bench.readme_examples import EXAMPLE_SETTINGS, same
 from conftest import wait_ready
 
+# On a new machine the first build also installs podman and bootstraps the base image: 3-5 min,
+# past the suite's default 180 s per test (the module-scoped build runs in the first test's setup).
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_TOOLS = os.environ.get("PETE_REQUIRE_DEPLOY_TOOLS") == "1"
 TAG = "pete-serve:test"
