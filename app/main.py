@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodySizeLimitMiddleware, LoadSheddingMiddleware, RequestMetricsMiddleware
+from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, LoadSheddingMiddleware, RequestMetricsMiddleware
 from app.routes import MIN_QUEUE_ITEMS, route_paths, router
 from app.runner import RunnerFactory
 from app.service import Service
@@ -43,13 +43,16 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None = None,
+               lean_handlers: bool = True) -> FastAPI:
     """Build the FastAPI app; cheap: nothing is loaded until the lifespan starts.
 
     Args:
         settings: defaults to ``Settings()`` (from ``PETE_*`` environment variables).
         runner: builds the model runner (``app.runner``: the seam for backends, baselines and fault
             injection); default: the backend ``settings.backend`` names (``app.service.default_runner``).
+        lean_handlers: the POST routes validate and answer well-formed JSON requests themselves
+            (``app.json_route``); False: FastAPI's handler for every request (same answers, slower).
     Raises:
         pydantic.ValidationError: invalid settings in the environment.
     """
@@ -74,8 +77,14 @@ def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None
     app = FastAPIOffline(title="pete-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                          redirect_slashes=False)
     app.state.service = service
+    app.state.lean_handlers = lean_handlers
     install_error_handlers(app, metrics, settings.retry_after_s)
     app.include_router(router)
+    # Middleware added first runs innermost: metrics -> load shedding (429) -> body limits (413, 408)
+    # -> API key (401) -> the routes.
+    app.add_middleware(ApiKeyMiddleware, paths=MIN_QUEUE_ITEMS,
+                       api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+                       on_reject=lambda: metrics.rejected.labels(reason="unauthorized").inc())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
                        on_reject=lambda reason: metrics.rejected.labels(reason=reason).inc())
     app.add_middleware(LoadSheddingMiddleware,

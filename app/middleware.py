@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: early load shedding, request body size limit and request metrics."""
+"""Pure ASGI middleware: early load shedding, request body size limit, API key and request metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Callable, Collection, Mapping
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import OVERLOADED_MESSAGE, error_body
+from app.auth import bearer_credentials, key_matches
+from app.errors import OVERLOADED_MESSAGE, Unauthorized, error_body
 from app.metrics import Metrics
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -171,6 +172,45 @@ class BodySizeLimitMiddleware:
         if self.on_reject is not None:
             self.on_reject(code)
         await _send_json(scope, receive, send, status, error_body(code, message))
+
+
+class ApiKeyMiddleware:
+    """Refuse POST requests to ``paths`` that lack the API key with 401 (``WWW-Authenticate:
+    Bearer``, the ``unauthorized`` error), before their body is read or parsed.
+
+    ``api_key``: the configured key (None: nothing is checked). The key is read from the request
+    headers as FastAPI's ``HTTPBearer`` and ``APIKeyHeader`` read them (``app.auth.key_matches``);
+    running before the body is read, an unauthenticated client cannot make the service parse a
+    JSON body (it could while the check was a route dependency, which runs after the body is
+    decoded), and the routes need no dependency solving for it (``app.auth.api_key_schemes``
+    only documents the key). ``on_reject()`` is called for each
+    refusal (metrics).
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, paths: Collection[str],
+                 on_reject: Callable[[], None] | None = None) -> None:
+        self.app, self.paths, self.on_reject = app, frozenset(paths), on_reject
+        self.expected = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.expected is not None and scope["type"] == "http" and scope.get("method") == "POST"
+                and scope.get("path") in self.paths and not self._authorized(scope)):
+            if self.on_reject is not None:
+                self.on_reject()
+            err = Unauthorized()
+            await _send_json(scope, receive, send, err.status_code, error_body(err.code, err.message), err.headers,
+                             close=False)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        authorization = x_api_key = None
+        for name, value in scope.get("headers", ()):  # the first of each, as Starlette's Headers.get
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"x-api-key" and x_api_key is None:
+                x_api_key = value.decode("latin-1")
+        return key_matches(bearer_credentials(authorization), x_api_key, self.expected)
 
 
 class RequestMetricsMiddleware:

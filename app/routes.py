@@ -15,9 +15,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
-from app.auth import require_api_key
+from app.auth import api_key_schemes
 from app.batching import WorkItem
 from app.errors import InvalidInput, NotReady
+from app.json_route import JsonBodyRoute
 from app.outputs import cosine, nli_label
 from app.limits import check_limits
 from app.schemas import (Embedding, EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, InfoResponse, Limits,
@@ -34,7 +35,8 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 422, 
 MIN_QUEUE_ITEMS = {"/similarity": 2, "/nli": 1, "/v1/embeddings": 1, "/embeddings": 1}
 
 router = APIRouter()
-protected = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+# the POST routes: FastAPI's declaration (and OpenAPI schema), a lean handler for well-formed JSON (app.json_route)
+protected = APIRouter(dependencies=[Depends(api_key_schemes)], responses=_ERRORS, route_class=JsonBodyRoute)
 
 
 def _service(request: Request) -> Service:

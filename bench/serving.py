@@ -79,17 +79,20 @@ from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
 from model.config import ENCODER_ONNX, EXPORT_INFO
 
-ALL_SCENARIOS = ("pete", "pete_onnx", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
+ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "p99_ms_at_half_load": 50.0, "peak_rss_mb": 400.0,
            "pete_vs_baseline": 0.7}
 MINILM_APP = "bench.teacher_backend:create_app"
+FASTAPI_HANDLERS_APP = "bench.serving:create_app_fastapi_handlers"
 
 # name -> (description, settings over the base ones); the minilm scenarios and pete_baseline also
 # change the checkpoint (build_scenarios).
 SCENARIO_TABLE: dict[str, tuple[str, dict[str, str]]] = {
     "pete": ("PETE, service defaults (batching on, quantization auto, table computed per batch)", {}),
+    "pete_fastapi_handlers": ("PETE, FastAPI's own request handler on the POST routes (create_app(lean_handlers="
+                              "False): json.loads, dependency solving, response revalidation)", {}),
     "pete_wait5ms": ("PETE, an idle model waits 5 ms for more work (the default before continuous batching)",
                      {"PETE_MAX_WAIT_MS": "5"}),
     "pete_torch_default": ("PETE, torch's own intra-op thread count (PETE_TORCH_THREADS=0: one per core)",
@@ -117,6 +120,14 @@ class Scenario:
     description: str
     factory: str
     env: dict[str, str] = field(default_factory=dict)
+
+
+def create_app_fastapi_handlers():
+    """uvicorn factory of scenario ``pete_fastapi_handlers``: the service with FastAPI's handler on
+    every route (``app.json_route`` off), to measure the lean handler against it."""
+    from app.main import create_app
+
+    return create_app(lean_handlers=False)
 
 
 def onnx_export(model: Path, export_dir: Path) -> Path:
@@ -152,6 +163,8 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None,
                 raise ValueError("scenario pete_baseline needs --baseline-model")
             description = description.format(baseline=baseline_model)
             env["PETE_MODEL_PATH"] = str(baseline_model)
+        elif name == "pete_fastapi_handlers":
+            factory = FASTAPI_HANDLERS_APP
         elif name == "pete_onnx":
             env["PETE_MODEL_PATH"] = str(onnx_export(Path(model), export_dir))
         elif name.startswith("minilm"):

@@ -106,11 +106,12 @@ def iter_routes(routes, prefix: str = "") -> list[tuple[str, frozenset[str], Any
 
 # ---- static checks -----------------------------------------------------------------------------------
 def key_comparison_findings() -> dict[str, Any]:
-    """How ``app.auth.require_api_key`` compares keys: calls of ``hmac.compare_digest`` and any
+    """How ``app.auth.key_matches`` (the service's one key check, used by
+    ``app.middleware.ApiKeyMiddleware``) compares keys: calls of ``hmac.compare_digest`` and any
     ``==`` / ``!=`` / ``in`` comparison in the function (there must be none on the key)."""
     import app.auth
 
-    src = inspect.getsource(app.auth.require_api_key)
+    src = inspect.getsource(app.auth.key_matches)
     tree = ast.parse(src)
     compare_digest = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "hmac.compare_digest"]
     plain = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Compare)

@@ -25,14 +25,16 @@ def make_settings(model_path: str | Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_app(settings: Settings, hook: "BatchHook | None" = None, *, runner=None,
-                      lifespan: bool = True) -> AsyncIterator[tuple[Any, Any, httpx.AsyncClient]]:
+                      lifespan: bool = True, lean_handlers: bool = True) -> AsyncIterator[tuple[Any, Any, httpx.AsyncClient]]:
     """(app, the lifespan-wrapped ASGI app, an httpx client over it); app exceptions become responses.
 
     ``hook`` runs before every batch (``reliability.harness.hooked`` around ``runner``, default the
-    torch runner); ``lifespan=False``: the app is not started (it answers as while loading)."""
+    torch runner); ``lifespan=False``: the app is not started (it answers as while loading);
+    ``lean_handlers``: as ``create_app``."""
     from asgi_lifespan import LifespanManager
 
-    app = create_app(settings, runner=hooked(hook, runner) if hook is not None else runner)
+    app = create_app(settings, runner=hooked(hook, runner) if hook is not None else runner,
+                     lean_handlers=lean_handlers)
     if not lifespan:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as client:
             yield app, app, client

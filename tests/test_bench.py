@@ -207,3 +207,13 @@ def test_shape_study_markdown_picks_by_dev_genre_mean_and_shows_speed_ratio():
                          "results": [row("2x256_ffn1024", 60.0, 2000.0), row("4x192_ffn640", 61.0, 1000.0)],
                          "notes": ["a note"]})
     assert "**4x192_ffn640** (61.0)" in md and "0.50x" in md and "- a note" in md
+
+
+def test_request_path_benchmark_runs_both_handlers(capsys):
+    """bench.request_path: every variant measured (positive CPU per request) and the table printed."""
+    from bench.request_path import main
+
+    assert main(["--requests", "30", "--rounds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lean") or line.startswith("| FastAPI")]
+    assert len(rows) == 4
+    assert all(float(r.split("|")[3]) > 0 for r in rows)

@@ -61,11 +61,13 @@ async def test_every_post_route_answers_401_without_the_key_and_never_reaches_th
                 assert r.status_code == 200, (path, name, r.text)
         assert len(hook.batches) >= 1
         assert sample(app, "pete_rejected_requests_total", reason="unauthorized") == refused
-        # documented exception: a body that is not JSON at all is rejected while FastAPI decodes it,
-        # before dependencies (auth) run: 422, and it never reaches the model either
+        # the key is checked before the body is read (ApiKeyMiddleware): a body that is not JSON at
+        # all gets 401 too, never parsed (it got 422 while the check was a dependency, which runs
+        # after FastAPI has decoded the body)
         n = len(hook.batches)
         r = await client.post("/similarity", content=b'{"pairs": [', headers={"content-type": "application/json"})
-        assert r.status_code == 422 and len(hook.batches) == n
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and len(hook.batches) == n
+        assert sample(app, "pete_rejected_requests_total", reason="unauthorized") == refused + 1
 
 
 @pytest.mark.anyio
