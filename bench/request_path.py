@@ -88,7 +88,7 @@ async def measure(lean: bool, key: str | None, n: int, profile: bool = False) ->
     """CPU milliseconds per request over ``n`` requests, after 200 warm-up ones."""
     from asgi_lifespan import LifespanManager
 
-    settings = Settings(model_path=BUNDLED_CHECKPOINT, api_key=key, log_level="warning")
+    settings = Settings(model_path=BUNDLED_CHECKPOINT, api_key=key)
     app = create_app(settings, runner=InstantRunner, lean_handlers=lean)
     async with LifespanManager(app):
         for _ in range(200):

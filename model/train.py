@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None, stages: Mapping[str, Stage] = STAGES) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)],
                         force=True)
+    logging.getLogger("pete").setLevel(logging.INFO)  # the run's log, whatever an app in this process set
     (out / "command.txt").write_text("pete-train " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
