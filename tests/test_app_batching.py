@@ -62,6 +62,19 @@ def embed_items(*texts: str) -> list[WorkItem]:
     return [WorkItem("embed", t) for t in texts]
 
 
+async def held_batcher(first: list[WorkItem] | None = None, **limits) -> tuple[Recorder, MicroBatcher, asyncio.Task]:
+    """A started ``MicroBatcher`` (``max_wait_s`` 0, ``limits`` as given) over a ``Recorder`` whose
+    first pass, over ``first`` (default one item "first"), is running and held: later submits queue
+    until ``rec.release.set()``. Returns (recorder, batcher, the first submit's task)."""
+    rec = Recorder()
+    b = MicroBatcher(rec, max_wait_s=0.0, **limits)
+    b.start()
+    rec.release.clear()
+    task = asyncio.create_task(b.submit(first if first is not None else embed_items("first")))
+    await asyncio.to_thread(rec.entered.wait, 5)
+    return rec, b, task
+
+
 @pytest.mark.anyio
 async def test_concurrent_submits_are_coalesced_and_ordered():
     rec = Recorder()
@@ -89,12 +102,8 @@ async def test_exception_fails_only_its_batch_and_worker_goes_on():
 
 @pytest.mark.anyio
 async def test_cancelled_items_are_dropped_before_compute():
-    rec, metrics = Recorder(), Metrics()
-    b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=8, metrics=metrics)
-    b.start()
-    rec.release.clear()
-    first = asyncio.create_task(b.submit(embed_items("first")))
-    await asyncio.to_thread(rec.entered.wait, 5)
+    metrics = Metrics()
+    rec, b, first = await held_batcher(max_batch_size=4, capacity=8, metrics=metrics)
     gone = asyncio.create_task(b.submit(embed_items("gone1", "gone2")))
     await wait_until(lambda: b.depth == 2)
     gone.cancel()  # the client went away while its items waited
@@ -108,12 +117,7 @@ async def test_cancelled_items_are_dropped_before_compute():
 
 @pytest.mark.anyio
 async def test_full_queue_raises_overloaded_all_or_none():
-    rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=3)
-    b.start()
-    rec.release.clear()
-    running = asyncio.create_task(b.submit(embed_items("x")))
-    await asyncio.to_thread(rec.entered.wait, 5)
+    rec, b, running = await held_batcher(embed_items("x"), max_batch_size=1, capacity=3)
     queued = asyncio.create_task(b.submit(embed_items("y", "z")))
     await wait_until(lambda: b.depth == 2)
     with pytest.raises(Overloaded):
@@ -133,12 +137,7 @@ async def test_the_shortest_request_goes_first_so_a_short_request_rides_in_the_n
     """A 2-item request queued behind a 12-item one of the same cost per item (100 tokens) is not
     served after it (FIFO) but first in the next batch, the long request's items filling it; every
     output still goes to its own request, in order."""
-    rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, capacity=64)
-    b.start()
-    rec.release.clear()
-    first = asyncio.create_task(b.submit(embed_items("first")))
-    await asyncio.to_thread(rec.entered.wait, 5)
+    rec, b, first = await held_batcher(max_batch_size=4, capacity=64)
     long = asyncio.create_task(b.submit([costly(f"l{i}", 100) for i in range(12)]))
     await wait_until(lambda: b.depth == 12)
     short = asyncio.create_task(b.submit([costly("s0", 100), costly("s1", 100)]))
@@ -158,12 +157,7 @@ async def test_cheap_requests_go_first_and_long_texts_run_four_per_pass_under_th
     in one pass (pass_cost 15.5 each, 65 would fit), then the long texts four per pass."""
     budget = Settings().batch_token_budget
     assert pass_cost(4, 128) <= budget < pass_cost(5, 128) and pass_cost(65, 14) <= budget < pass_cost(66, 14)
-    rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=128, max_wait_s=0.0, capacity=256, max_batch_cost=budget)
-    b.start()
-    rec.release.clear()
-    first = asyncio.create_task(b.submit(embed_items("first")))
-    await asyncio.to_thread(rec.entered.wait, 5)
+    rec, b, first = await held_batcher(max_batch_size=128, capacity=256, max_batch_cost=budget)
     long = asyncio.create_task(b.submit([costly(f"l{i}", 128) for i in range(8)]))
     await wait_until(lambda: b.depth == 8)
     short = asyncio.create_task(b.submit([costly("s0", 14), costly("s1", 14)]))
@@ -183,12 +177,7 @@ async def test_an_expensive_request_is_not_passed_for_ever():
     let such requests wait behind a stream of cheaper ones until they timed out)."""
     assert 500 / AGING_TOKENS_PER_S < 0.08
     for delay, expected in ((0.0, ["cheap", "big"]), (0.1, ["big", "cheap"])):
-        rec = Recorder()
-        b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=64)
-        b.start()
-        rec.release.clear()
-        first = asyncio.create_task(b.submit(embed_items("first")))
-        await asyncio.to_thread(rec.entered.wait, 5)
+        rec, b, first = await held_batcher(max_batch_size=1, capacity=64)
         big = asyncio.create_task(b.submit([costly("big", 500)]))
         await wait_until(lambda: b.depth == 1)
         await asyncio.sleep(delay)
@@ -202,12 +191,7 @@ async def test_an_expensive_request_is_not_passed_for_ever():
 
 @pytest.mark.anyio
 async def test_a_costly_item_over_the_budget_still_runs_alone():
-    rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=16, max_wait_s=0.0, capacity=64, max_batch_cost=100)
-    b.start()
-    rec.release.clear()
-    first = asyncio.create_task(b.submit(embed_items("first")))
-    await asyncio.to_thread(rec.entered.wait, 5)
+    rec, b, first = await held_batcher(max_batch_size=16, capacity=64, max_batch_cost=100)
     work = asyncio.create_task(b.submit([costly("big", 500)]))
     await wait_until(lambda: b.depth == 1)
     rec.release.set()
@@ -221,12 +205,8 @@ async def test_admission_charges_cost_as_well_as_items():
     """A queue with room for 64 items but 100 tokens refuses a request whose cost does not fit
     (all or none), keeps its last eighth (12 tokens) from requests of an eighth or more, and
     takes a cheap one there."""
-    rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=1, max_wait_s=0.0, capacity=64, cost_capacity=100)
-    b.start()
-    rec.release.clear()
-    running = asyncio.create_task(b.submit([costly("x", 88)]))
-    await asyncio.to_thread(rec.entered.wait, 5)  # running: no longer charged to the queue
+    # running: no longer charged to the queue
+    rec, b, running = await held_batcher([costly("x", 88)], max_batch_size=1, capacity=64, cost_capacity=100)
     queued = asyncio.create_task(b.submit([costly("y", 80)]))
     await wait_until(lambda: b.depth == 1)
     assert b.queued_cost == 80
