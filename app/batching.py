@@ -11,13 +11,13 @@ the worker takes what is waiting at once, up to ``max_batch_size`` items and a `
 (``pass_cost``: padded tokens, weighted by length), and work arriving during a forward pass forms
 the next batch; a positive ``max_wait_s`` makes an idle model wait that long after the first item
 for more. Items are taken **shortest remaining request first, with aging**: the waiting request
-with the earliest ``arrival + remaining estimated cost / AGING_TOKENS_PER_S`` goes next, so a
-request of a few short texts never waits behind another request's 64 long ones (those are placed
-up to ~1.6 s later than their arrival), yet no request waits for ever behind a stream of cheaper
-ones (pure shortest-first did: under 4x overload, requests a few tokens longer than the rest
-waited up to 50 s, p99 23 s, and six got 504: reliability/overload.py): it rides in the next batch, and while a pass of long texts
-runs, batches of short ones run beside it in the fast lane (``fast_lane_cost``), so that wait is
-one short pass. Expensive requests yield to
+with the earliest ``arrival + remaining estimated cost / AGING_TOKENS_PER_S`` goes next. A request
+of a few short texts never waits behind another request's 64 long ones (those are placed up to
+~1.6 s later than their arrival): it rides in the next batch, and while a pass of long texts runs,
+batches of short ones run beside it in the fast lane (``fast_lane_cost``), so that wait is one
+short pass. Yet no request waits for ever behind a stream of cheaper ones (pure shortest-first
+did: under 4x overload, requests a few tokens longer than the rest waited up to 50 s, p99 23 s,
+and six got 504: reliability/overload.py). Expensive requests yield to
 cheap ones: under cheap load at saturation they wait (up to the request timeout), which is the
 point: one client's worst-case inputs degrade that client first. Admission is charged in both
 items and estimated tokens (``capacity``, ``cost_capacity``): a request that would take the queue

@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerFactory | None
     app.include_router(router)
     # Middleware added first runs innermost: metrics -> load shedding (429) -> body limits (413, 408)
     # -> API key (401) -> the routes.
-    app.add_middleware(ApiKeyMiddleware, paths=MIN_QUEUE_ITEMS,
+    app.add_middleware(ApiKeyMiddleware, paths=route_paths("POST"),
                        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
                        on_reject=lambda: metrics.rejected.labels(reason="unauthorized").inc())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,

@@ -73,7 +73,7 @@ async def _connect(port: int, tally: Tally) -> tuple[asyncio.StreamReader, async
         return None
 
 
-async def _status(reader: asyncio.StreamReader, timeout: float, tally: Tally) -> str:
+async def final_status(reader: asyncio.StreamReader, timeout: float, tally: Tally) -> str:
     """The status code of the server's final answer (an interim ``100 Continue`` is counted in
     ``tally`` and read past), or how the connection ended without one."""
     try:
@@ -108,7 +108,7 @@ async def _holder(port: int, until: float, tally: Tally, hold: Callable[[asyncio
         try:
             writer.write(head)
             trickle = asyncio.ensure_future(hold(writer))
-            _count(tally, await _status(reader, max(0.0, until - time.perf_counter()), tally))
+            _count(tally, await final_status(reader, max(0.0, until - time.perf_counter()), tally))
         finally:
             if trickle is not None:
                 trickle.cancel()
@@ -116,7 +116,7 @@ async def _holder(port: int, until: float, tally: Tally, hold: Callable[[asyncio
         await asyncio.sleep(pause_s)
 
 
-def _trickle(chunk: bytes, every_s: float) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+def trickle(chunk: bytes, every_s: float) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
     async def hold(writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -153,14 +153,21 @@ async def header_bomb(port: int, until: float, tally: Tally, streams: int = 4, s
 async def slowloris(port: int, until: float, tally: Tally, connections: int = 1100) -> None:
     """``connections`` partial headers, one more byte a second each."""
     head = f"POST /similarity HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode()
-    await asyncio.gather(*(_holder(port, until, tally, _trickle(b"a", 1.0), head) for _ in range(connections)))
+    await asyncio.gather(*(_holder(port, until, tally, trickle(b"a", 1.0), head) for _ in range(connections)))
+
+
+def slow_upload(port: int) -> tuple[bytes, Callable[[asyncio.StreamWriter], Awaitable[None]]]:
+    """A slow upload: the request head announcing a 1 MB JSON body, and the ``trickle`` that sends
+    it at 1 KB/s (also ``reliability.faults``' SIGTERM round)."""
+    head = build_request("POST", "/similarity", None, {"Content-Type": "application/json",
+                                                       "Content-Length": str(1 << 20)}, port=port)
+    return head, trickle(b" " * 100, 0.1)
 
 
 async def slow_bodies(port: int, until: float, tally: Tally, connections: int = 500) -> None:
     """``connections`` uploads of a 1 MB JSON body at 1 KB/s each."""
-    head = build_request("POST", "/similarity", None, {"Content-Type": "application/json",
-                                                       "Content-Length": str(1 << 20)}, port=port)
-    await asyncio.gather(*(_holder(port, until, tally, _trickle(b" " * 100, 0.1), head) for _ in range(connections)))
+    head, hold = slow_upload(port)
+    await asyncio.gather(*(_holder(port, until, tally, hold, head) for _ in range(connections)))
 
 
 async def expect_no_body(port: int, until: float, tally: Tally, connections: int = 300) -> None:

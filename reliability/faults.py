@@ -43,6 +43,7 @@ from loadtest.load import closed_loop
 from loadtest.prom import metric, scrape
 from loadtest.results import machine_info, write_json
 from loadtest.server import ServerProcess
+from reliability.attacks import final_status, slow_upload
 from reliability.common import HARNESS_APP, RESULTS_DIR, check, print_checks, resolve_model
 
 _ACCESS = re.compile(r'"POST /similarity\?rid=(\d+) HTTP/1\.1" (\d{3})')
@@ -154,29 +155,15 @@ async def measure_sigterm(model: Path, work: Path, *, entry: str, clients: int, 
 
 
 async def _slow_upload(port: int, timeout_s: float) -> tuple[str, float]:
-    """Send a request announcing a 1 MB body and upload it at 1 KB/s; how it ended (the status of
-    the answer, "closed" or "reset" without one, "no_answer" after ``timeout_s``) and when."""
+    """A slow upload (``reliability.attacks.slow_upload``: a 1 MB body at 1 KB/s); how it ended (the
+    status of the answer, "closed" without one, "no_answer" after ``timeout_s``, or the error) and
+    when."""
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(build_request("POST", "/similarity", None, {"Content-Type": "application/json",
-                                                             "Content-Length": str(1 << 20)}, port=port) + b"{")
-
-    async def trickle() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            writer.write(b" " * 100)
-            await writer.drain()
-
-    upload = asyncio.ensure_future(trickle())
+    head, hold = slow_upload(port)
+    writer.write(head)
+    upload = asyncio.ensure_future(hold(writer))
     try:
-        async with asyncio.timeout(timeout_s):
-            head = await reader.readuntil(b"\r\n\r\n")
-        end = head.split(maxsplit=2)[1].decode()
-    except TimeoutError:
-        end = "no_answer"
-    except asyncio.IncompleteReadError:
-        end = "closed"
-    except OSError:
-        end = "reset"
+        end = await final_status(reader, timeout_s, {})
     finally:
         upload.cancel()
         writer.close()
