@@ -334,6 +334,7 @@ async def run_all(model: Path, work: Path, *, plan: list[tuple[str, str]], quiet
     return {"results": results, "checks": checks, "server_log_tail": server_log[-3000:]}
 
 
+SHORT_QUIET_S, SHORT_DURATION_S = 3.0, 6.0  # --short (and tests/test_deploy_nginx.py)
 SHORT_OPTIONS = {"slowloris": {"connections": 1100}, "slow_bodies": {"connections": 200},
                  "expect_no_body": {"connections": 100}}
 
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nginx not installed (Debian package nginx): make deploy-tools", file=sys.stderr)
         return 2
     plan = [tuple(spec.split("@")) for spec in args.attacks.split(",")]
-    quiet_s, duration_s = (3.0, 6.0) if args.short else (args.quiet, args.duration)
+    quiet_s, duration_s = (SHORT_QUIET_S, SHORT_DURATION_S) if args.short else (args.quiet, args.duration)
     tmp = tempfile.TemporaryDirectory(prefix="pete-attacks-")
     work = Path(tmp.name)
     model, model_desc = resolve_model(args.model, work)

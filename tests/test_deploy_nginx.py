@@ -16,7 +16,7 @@ from loadtest.fixtures import similarity_bodies
 from loadtest.http import HOST, Conn, build_request, request
 from loadtest.proxy import NginxProcess, nginx_binary
 from loadtest.server import ServerProcess, free_port
-from reliability.attacks import run_all
+from reliability.attacks import SHORT_DURATION_S, SHORT_OPTIONS, SHORT_QUIET_S, run_all
 from reliability.common import resolve_model
 
 pytestmark = [pytest.mark.integration,
@@ -133,8 +133,8 @@ def test_attacks_short(tmp_path):
     model, _ = resolve_model("auto", tmp_path)
     plan = [("header_bomb", "proxy"), ("slowloris", "proxy"), ("slow_bodies", "direct"),
             ("expect_no_body", "proxy"), ("expensive_texts", "direct"), ("disconnects", "direct")]
-    out = asyncio.run(run_all(model, tmp_path, plan=plan, quiet_s=2.0, duration_s=4.0, max_ratio=2.0,
-                              options={"slow_bodies": {"connections": 200}, "expect_no_body": {"connections": 100}}))
+    out = asyncio.run(run_all(model, tmp_path, plan=plan, quiet_s=SHORT_QUIET_S, duration_s=SHORT_DURATION_S,
+                              max_ratio=2.0, options=SHORT_OPTIONS))
     failed = {k: v for k, v in out["checks"].items() if not v["ok"]}
     assert not failed, (failed, {k: (r["p50_ratio"], r["attacker"]) for k, r in out["results"].items()})
     # the attacks really happened: the attacker was refused or held, not idle
