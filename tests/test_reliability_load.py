@@ -4,7 +4,10 @@ subprocess, with a synthetic checkpoint of the default config's compute shape (s
 HTTP, is the bottleneck, as with the bundled one).
 
 Relaxed here, enforced by the long runs (REPORT.md): the 429 p99 (< 50 ms here, p50 < 10 ms; < 10 ms
-in the script), and the soak's latency drift (p50 within 2x here, 20% in the script). The queue
+in the script), the soak's latency drift (p50 within 2x here, 20% in the script) and its load (half
+of saturation here, 0.7 in the script): saturation is measured here in 3 s at 32 closed-loop clients,
+whose full batches the soak's Poisson arrivals do not form, so on a busy 2-core CI machine 0.7 of it
+was at times more than the service could take and the p50 grew 4x within 9 s (18.8 -> 55.3 ms). The queue
 capacity is 512 items (the app default is 768): ~0.25 s of work for the packed int8 encoder on the
 reference shape, so the backlog left by the overload drains well within a second. (256 held only
 ~0.13 s of work since the serving speed-up, and a short stall of a busy machine then turned bursts
@@ -24,6 +27,7 @@ from reliability.soak import run_soak
 
 CAPACITY = 512
 PAIRS = 4
+SOAK_LOAD = 0.5
 _SAT: dict[str, float] = {}
 
 
@@ -52,7 +56,7 @@ def saturation_rps(srv: ServerProcess) -> float:
 def test_soak_short_no_errors_flat_memory_stable_latency(server):
     sat = saturation_rps(server)
     assert sat > 5, sat
-    r = asyncio.run(run_soak(server, pairs=PAIRS, load=0.7, duration_s=9.0, window_s=3.0, sat_rps=sat,
+    r = asyncio.run(run_soak(server, pairs=PAIRS, load=SOAK_LOAD, duration_s=9.0, window_s=3.0, sat_rps=sat,
                              rss_every_s=0.25, rss_span_s=1.0, latency_tolerance=1.0))
     assert r["checks"]["zero_errors"]["ok"], r["checks"]["zero_errors"]
     assert r["checks"]["rss_growth_window2_to_end"]["ok"], r["rss_series_mb"]
