@@ -5,6 +5,8 @@
 - ``distill_cosine``: knowledge distillation of sentence embeddings (Reimers & Gurevych 2020,
   "Making monolingual sentence embeddings multilingual"), 1 - cos through a learned projection.
 - ``pair_cosine_mse``: the student's cosine of given sentence pairs regresses the teacher's.
+- ``cosine_mse``: the student's cosine of given sentence pairs regresses given target cosines
+  (SBERT's CosineSimilarityLoss, Reimers & Gurevych 2019).
 - ``similarity_matrix_mse``: relational distillation: the student's in-batch cosine matrix regresses
   the teacher's (Park et al. 2019, "Relational knowledge distillation", distance-wise loss with cosine
   similarity), in the student's own space, which is the space the service computes cosines in.
@@ -74,3 +76,9 @@ def pair_cosine_mse(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a:
     s = F.cosine_similarity(student_a, student_b, dim=-1)
     t = F.cosine_similarity(teacher_a, teacher_b, dim=-1).to(s.dtype)
     return (s - t).pow(2).mean()
+
+
+def cosine_mse(u: torch.Tensor, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between cos(u_i, v_i) and target_i: u, v (n, d) float32, target (n,)
+    cosines in [-1, 1]. Returns a scalar float32 (Reimers & Gurevych 2019, CosineSimilarityLoss)."""
+    return (F.cosine_similarity(u, v, dim=-1) - target.to(u.dtype)).pow(2).mean()

@@ -9,7 +9,10 @@
                   cosine matrix and the teacher's (so the served cosines spread like the teacher's),
                   plus optionally ``distill_pairs`` near pairs (``model.near_pairs``) per batch whose
                   cosines regress the teacher's (``pair_weight``),
-                  plus optionally ``infonce_weight`` x the caption/triplet InfoNCE.
+                  plus optionally ``infonce_weight`` x the caption/triplet InfoNCE,
+                  plus optionally ``gold_weight`` x the MSE between the student's cosine of STS-B
+                  train pairs and their gold score on the teacher's cosine scale (the human order,
+                  the teacher's spread: ``model.train_data.gold_on_teacher_scale``).
 - ``contrastive`` InfoNCE with in-batch negatives and a learnable temperature on caption pairs (same
                   image_id) and NLI entailment pairs with their contradiction as a hard negative;
                   optionally plus distillation (``distill_weight``) and an auxiliary NLI loss.
@@ -32,16 +35,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from model.data import NLI_LABEL_IDS
 from model.encoder import SentenceEncoder
-from model.losses import cosent, distill_cosine, info_nce, pair_cosine_mse, similarity_matrix_mse
+from model.losses import cosent, cosine_mse, distill_cosine, info_nce, pair_cosine_mse, similarity_matrix_mse
 from model.teacher import TEACHER_DIM
 from model.train_config import TrainConfig
-from model.train_data import TeacherTargets, TrainData
+from model.train_data import TeacherTargets, TrainData, gold_on_teacher_scale
 
 Losses = dict[str, torch.Tensor]
 
@@ -61,6 +65,7 @@ class StageContext:
     aux: nn.ModuleDict = None
     teacher: TeacherTargets | None = None
     token_targets: torch.Tensor | None = None
+    gold_targets: torch.Tensor | None = None  # (len(sts_train),) float32, see load_teacher
     vocab_perm: list[int] | None = None
     sentences: int = 0  # sentences embedded so far (throughput logging)
 
@@ -125,10 +130,20 @@ def scaled(losses: Losses, weight: float) -> Losses:
     return {k: weight * v for k, v in losses.items()}
 
 
+def gold_loss(ctx: StageContext, rng: random.Random) -> torch.Tensor:
+    """MSE between the student's cosines of ``gold_batch`` STS-B train pairs and their targets."""
+    idx = rng.sample(range(len(ctx.data.sts_train)), ctx.cfg.gold_batch)
+    batch = [ctx.data.sts_train[i] for i in idx]
+    e = ctx.embed([p.sentence1 for p in batch] + [p.sentence2 for p in batch])
+    return cosine_mse(e[: len(batch)], e[len(batch):], ctx.gold_targets[idx])
+
+
 def loss_distill(ctx: StageContext, rng: random.Random) -> Losses:
     out = distill_losses(ctx, rng)
     if ctx.cfg.infonce_weight > 0:
         out["infonce"] = ctx.cfg.infonce_weight * infonce_loss(ctx, rng)
+    if ctx.cfg.gold_weight > 0:
+        out["gold"] = ctx.cfg.gold_weight * gold_loss(ctx, rng)
     return out
 
 
@@ -222,6 +237,18 @@ def load_teacher(ctx: StageContext, step: int = 0) -> None:
         ctx.teacher.refresh()
     if step == 0:
         fit_projection(ctx)
+    if ctx.cfg.gold_weight > 0 and ctx.gold_targets is None:
+        ctx.gold_targets = gold_targets(ctx)
+
+
+@torch.no_grad()
+def gold_targets(ctx: StageContext) -> torch.Tensor:
+    """STS-B train gold scores on the teacher's cosine scale: (len(sts_train),) float32."""
+    pairs = ctx.data.sts_train
+    a = ctx.teacher.text_embeddings([p.sentence1.strip() for p in pairs])
+    b = ctx.teacher.text_embeddings([p.sentence2.strip() for p in pairs])
+    cos = F.cosine_similarity(a, b, dim=-1).numpy()
+    return torch.from_numpy(gold_on_teacher_scale(np.array([p.score for p in pairs]), cos))
 
 
 @torch.no_grad()

@@ -89,6 +89,10 @@ class TrainConfig:
     pair_sources: list = _opt((), "draw the near-pair pool from this text/ file only (e.g. news, forum); "
                                   "repeatable; default: every cached row", action="append")
     infonce_weight: float = _opt(0.0, "weight of caption/triplet InfoNCE inside the distill stage")
+    gold_weight: float = _opt(0.0, "weight, inside the distill stage, of the MSE between the student's cosine "
+                                   "of STS-B train pairs and their gold score put on the teacher's cosine "
+                                   "scale (model.train_data.gold_on_teacher_scale)")
+    gold_batch: int = _opt(32, "STS-B train pairs per batch of the gold loss")
     sts_batch: int = _opt(32, "STS-B train pairs per CoSENT batch")
     nli_batch: int = _opt(64, "NLI pairs per batch of the nli stage")
     nli_aux_batch: int = _opt(32, "NLI pairs per auxiliary batch")

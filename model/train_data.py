@@ -183,6 +183,26 @@ class TeacherTargets:
         pick = self.pairs[rng.sample(range(len(self.pairs)), k)]
         return self._rows(np.concatenate((pick[:, 0], pick[:, 1])))
 
+    def text_embeddings(self, texts: list[str], encode=None) -> torch.Tensor:
+        """Teacher embeddings (len(texts), 384) float32 of ``texts``: finished cache rows where the text
+        is cached, else ``encode(missing texts)`` (default: the teacher itself, ``teacher_encoder``)."""
+        row_of = self._row_of
+        missing = sorted({t for t in texts if row_of.get(t, self.n) >= self.n})
+        found = {}
+        if missing:
+            if encode is None:
+                from model.teacher import teacher_encoder
+
+                encode = teacher_encoder()
+            log.info("teacher: encoding %d texts not (yet) in the cache", len(missing))
+            found = dict(zip(missing, np.asarray(encode(missing), dtype=np.float32)))
+        rows = [found[t] if t in found else np.asarray(self.embeddings[row_of[t]], dtype=np.float32) for t in texts]
+        return torch.from_numpy(np.stack(rows))
+
+    @functools.cached_property
+    def _row_of(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self._texts)}
+
     def sample(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` distinct rows: (texts, (k, 384) float32 teacher embeddings)."""
         return self._rows(sorted(rng.sample(range(self.n), k)))
@@ -190,3 +210,28 @@ class TeacherTargets:
     def _rows(self, idx) -> tuple[list[str], torch.Tensor]:
         """The texts and (len(idx), 384) float32 teacher embeddings of cache rows ``idx``."""
         return [self._texts[i] for i in idx], torch.from_numpy(np.asarray(self.embeddings[idx], dtype=np.float32))
+
+
+def gold_on_teacher_scale(gold: np.ndarray, teacher_cos: np.ndarray) -> np.ndarray:
+    """Gold similarity scores mapped onto the teacher's cosine scale by quantile matching.
+
+    The pairs sorted by gold score get the teacher's cosines of the same pairs sorted: the human
+    order with the teacher's spread (an unrelated pair gets what the teacher gives unrelated pairs,
+    ~0.2 for all-MiniLM-L6-v2, not 0). Tied gold scores get the mean of their quantiles, so equal
+    gold means an equal target.
+
+    Args:
+        gold: (n,) gold scores (any scale; only their order is used).
+        teacher_cos: (n,) the teacher's cosines of the same pairs.
+    Returns:
+        (n,) float32 targets, non-decreasing in gold, with the teacher's cosine distribution.
+    Raises:
+        ValueError: the arrays differ in length or are empty.
+    """
+    from scipy.stats import rankdata
+
+    gold, teacher_cos = np.asarray(gold, dtype=np.float64), np.asarray(teacher_cos, dtype=np.float64)
+    if len(gold) != len(teacher_cos) or len(gold) == 0:
+        raise ValueError(f"need as many gold scores as teacher cosines (got {len(gold)} and {len(teacher_cos)})")
+    ranks = rankdata(gold, method="average") - 1  # 0 .. n-1, ties averaged
+    return np.interp(ranks, np.arange(len(gold)), np.sort(teacher_cos)).astype(np.float32)

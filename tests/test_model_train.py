@@ -497,3 +497,52 @@ def test_distillation_corpus_takes_every_training_sentence_once_in_a_seeded_orde
     assert GROUPS[3][2] in corpus and "Nobody is riding a bike." in corpus  # captions, NLI hypotheses
     assert corpus == distill_corpus(DataPaths(root)) and corpus != sorted(corpus)  # seeded shuffle
     assert "x" not in corpus  # SNLI dev (a pair of it is ("x", "y")) is not a training file
+
+
+def test_gold_on_teacher_scale_keeps_the_human_order_and_the_teachers_spread():
+    from model.train_data import gold_on_teacher_scale
+
+    gold = np.array([5.0, 0.0, 2.5, 4.0, 1.0])
+    teacher = np.array([0.9, 0.6, 0.1, 0.8, 0.5])  # the teacher ranks pairs 1 and 4 wrongly
+    t = gold_on_teacher_scale(gold, teacher)
+    assert t.dtype == np.float32
+    np.testing.assert_allclose(np.sort(t), np.sort(teacher), rtol=1e-6)  # the teacher's cosines ...
+    np.testing.assert_allclose(t, [0.9, 0.1, 0.6, 0.8, 0.5], rtol=1e-6)  # ... in the gold order
+    tied = gold_on_teacher_scale(np.array([1.0, 1.0, 3.0]), np.array([0.2, 0.4, 0.9]))
+    np.testing.assert_allclose(tied, [0.3, 0.3, 0.9], rtol=1e-6)  # equal gold, equal target
+    with pytest.raises(ValueError, match="as many"):
+        gold_on_teacher_scale(gold, teacher[:3])
+
+
+def test_distillation_with_gold_pairs_moves_their_cosines_to_the_targets(data_dir, teacher_cache, tmp_path):
+    from model.stages import StageContext, gold_targets
+    from model.train_config import TrainConfig
+    from model.train_data import TrainData
+
+    # the targets: STS-B train's gold order on the (fake) teacher's cosines, read from the cache
+    cfg = TrainConfig(data_dir=str(data_dir), out=str(tmp_path / "x"), teacher_cache=str(teacher_cache))
+    vocab = tiny_vocab()
+    enc = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
+    model = SentenceEncoder(enc, tokenizer_from_vocab(vocab))
+    ctx = StageContext(cfg, model, TrainData(cfg), teacher=stages.TeacherTargets(cfg))
+    targets = gold_targets(ctx).numpy()
+    gold = np.array([p.score for p in ctx.data.sts_train])
+    assert len(targets) == len(gold) and (np.diff(targets[np.argsort(gold, kind="stable")]) >= -1e-6).all()
+
+    def gap(directory: Path) -> float:
+        m = SentenceEncoder.from_pretrained(directory).eval()
+        pairs = ctx.data.sts_train
+        a, b = m.encode([p.sentence1 for p in pairs]), m.encode([p.sentence2 for p in pairs])
+        return float((torch.nn.functional.cosine_similarity(a, b) - torch.from_numpy(targets)).pow(2).mean())
+
+    model.eval().save_pretrained(tmp_path / "init")
+    common = ("--init", str(tmp_path / "init"), "--stages", "distill:40", "--teacher-cache", str(teacher_cache),
+              "--distill-batch", "8", "--lr-distill", "3e-3", "--log-every", "10")
+    run_train(data_dir, tmp_path / "gold", *common, "--gold-weight", "5", "--gold-batch", "8")
+    run_train(data_dir, tmp_path / "plain", *common)
+    steps = [line for line in (tmp_path / "gold" / "train.log").read_text().splitlines()
+             if " distill step " in line and " lr " in line]
+    assert steps and all(" gold " in line for line in steps)
+    with_gold, without = gap(tmp_path / "gold" / "final"), gap(tmp_path / "plain" / "final")
+    assert with_gold < 0.5 * gap(tmp_path / "init") and with_gold < without, (with_gold, without)
