@@ -132,10 +132,22 @@ def scaled(losses: Losses, weight: float) -> Losses:
 
 def gold_loss(ctx: StageContext, rng: random.Random) -> torch.Tensor:
     """MSE between the student's cosines of ``gold_batch`` STS-B train pairs and their targets."""
-    idx = rng.sample(range(len(ctx.data.sts_train)), ctx.cfg.gold_batch)
+    n = len(ctx.data.sts_train)
+    if ctx.cfg.gold_balanced:  # each genre equally often (with replacement)
+        idx = rng.choices(range(n), weights=genre_balanced_weights(ctx.data.sts_train), k=ctx.cfg.gold_batch)
+    else:
+        idx = rng.sample(range(n), ctx.cfg.gold_batch)
     batch = [ctx.data.sts_train[i] for i in idx]
     e = ctx.embed([p.sentence1 for p in batch] + [p.sentence2 for p in batch])
     return cosine_mse(e[: len(batch)], e[len(batch):], ctx.gold_targets[idx])
+
+
+def genre_balanced_weights(pairs) -> list[float]:
+    """Sampling weight 1 / (pairs of its genre) for each pair: every genre equally likely."""
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.genre] = counts.get(p.genre, 0) + 1
+    return [1.0 / counts[p.genre] for p in pairs]
 
 
 def loss_distill(ctx: StageContext, rng: random.Random) -> Losses:
@@ -245,9 +257,8 @@ def load_teacher(ctx: StageContext, step: int = 0) -> None:
 def gold_targets(ctx: StageContext) -> torch.Tensor:
     """STS-B train gold scores on the teacher's cosine scale: (len(sts_train),) float32."""
     pairs = ctx.data.sts_train
-    a = ctx.teacher.text_embeddings([p.sentence1.strip() for p in pairs])
-    b = ctx.teacher.text_embeddings([p.sentence2.strip() for p in pairs])
-    cos = F.cosine_similarity(a, b, dim=-1).numpy()
+    e = ctx.teacher.text_embeddings([p.sentence1.strip() for p in pairs] + [p.sentence2.strip() for p in pairs])
+    cos = F.cosine_similarity(e[: len(pairs)], e[len(pairs):], dim=-1).numpy()
     return torch.from_numpy(gold_on_teacher_scale(np.array([p.score for p in pairs]), cos))
 
 

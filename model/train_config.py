@@ -93,6 +93,8 @@ class TrainConfig:
                                    "of STS-B train pairs and their gold score put on the teacher's cosine "
                                    "scale (model.train_data.gold_on_teacher_scale)")
     gold_batch: int = _opt(32, "STS-B train pairs per batch of the gold loss")
+    gold_balanced: bool = _opt(False, "draw the gold loss's pairs genre-balanced (each STS-B genre equally "
+                                      "often; forums is 8%% of STS-B train)")
     sts_batch: int = _opt(32, "STS-B train pairs per CoSENT batch")
     nli_batch: int = _opt(64, "NLI pairs per batch of the nli stage")
     nli_aux_batch: int = _opt(32, "NLI pairs per auxiliary batch")

@@ -546,3 +546,12 @@ def test_distillation_with_gold_pairs_moves_their_cosines_to_the_targets(data_di
     assert steps and all(" gold " in line for line in steps)
     with_gold, without = gap(tmp_path / "gold" / "final"), gap(tmp_path / "plain" / "final")
     assert with_gold < 0.5 * gap(tmp_path / "init") and with_gold < without, (with_gold, without)
+
+
+def test_genre_balanced_gold_sampling_draws_each_genre_equally_often():
+    from model.data import STSPair
+    from model.stages import genre_balanced_weights
+
+    pairs = [STSPair("a", "b", 1.0, "main-news")] * 9 + [STSPair("c", "d", 2.0, "main-forum")]
+    w = genre_balanced_weights(pairs)
+    assert sum(w[:9]) == pytest.approx(sum(w[9:])) == pytest.approx(1.0)
