@@ -37,6 +37,7 @@ from model.train_config import TrainConfig, config_from_args, parse_stages  # no
 from model.train_data import TrainData
 
 log = logging.getLogger("pete.train")
+DEFAULT_NLI_HIDDEN = 128  # a new NLI head's hidden width when --nli-hidden is not given
 
 
 def selection_score(stage: str, scores: dict) -> float:
@@ -191,8 +192,10 @@ def build_model(cfg: TrainConfig, data: TrainData) -> SentenceEncoder:
     """
     if cfg.init:
         model = SentenceEncoder.from_pretrained(cfg.init).train()
-        if (cfg.nli_head, cfg.nli_hidden) != (model.config.nli_head, model.config.nli_hidden):
-            model.set_nli_head(cfg.nli_head, cfg.nli_hidden)  # e.g. a new head on a trained encoder
+        kind = cfg.nli_head or model.config.nli_head
+        hidden = cfg.nli_hidden or (model.config.nli_hidden if kind == model.config.nli_head else DEFAULT_NLI_HIDDEN)
+        if (kind, hidden) != (model.config.nli_head, model.config.nli_hidden):
+            model.set_nli_head(kind, hidden)  # a new head on a trained encoder, only when asked for
         return model
     vocab_path = data.paths.bert_vocab
     if cfg.tokenizer == "frequency":
@@ -208,8 +211,8 @@ def build_model(cfg: TrainConfig, data: TrainData) -> SentenceEncoder:
     config = EncoderConfig(
         vocab_size=tok.get_vocab_size(), dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads,
         ffn_dim=cfg.ffn_dim, max_len=cfg.max_len, embedding=cfg.embedding,
-        embedding_options=cfg.embedding_options_dict(), nli_head=cfg.nli_head,
-        nli_hidden=cfg.nli_hidden, tokenizer_kind=cfg.tokenizer)
+        embedding_options=cfg.embedding_options_dict(), nli_head=cfg.nli_head or "pair",
+        nli_hidden=cfg.nli_hidden or DEFAULT_NLI_HIDDEN, tokenizer_kind=cfg.tokenizer)
     return SentenceEncoder(config, tok)
 
 

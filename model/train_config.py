@@ -65,8 +65,10 @@ class TrainConfig:
     ffn_dim: int = _opt(1024, "GeGLU hidden width")
     max_len: int = _opt(128, "longest input the model serves (tokens)")
     max_tokens: int = _opt(64, "truncation while training (tokens)")
-    nli_head: str = _opt("pair", "NLI head (model.encoder.NLI_HEADS)", choices=tuple(NLI_HEADS))
-    nli_hidden: int = _opt(128, "NLI head hidden width")
+    nli_head: str | None = _opt(None, "NLI head (model.encoder.NLI_HEADS; default: the --init checkpoint's "
+                                      "head, kept with its weights; pair for a fresh model)", choices=tuple(NLI_HEADS))
+    nli_hidden: int | None = _opt(None, "NLI head hidden width (default: the --init checkpoint's; 128 for a "
+                                        "new head)", type=int)
     # optimisation
     lr: float = _opt(1e-3, "peak learning rate of the contrastive stage")
     lr_distill: float = _opt(2e-4, "peak learning rate of the distill stage")

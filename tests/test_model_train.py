@@ -555,3 +555,21 @@ def test_genre_balanced_gold_sampling_draws_each_genre_equally_often():
     pairs = [STSPair("a", "b", 1.0, "main-news")] * 9 + [STSPair("c", "d", 2.0, "main-forum")]
     w = genre_balanced_weights(pairs)
     assert sum(w[:9]) == pytest.approx(sum(w[9:])) == pytest.approx(1.0)
+
+
+def test_training_from_a_checkpoint_keeps_its_nli_head_unless_told_otherwise(data_dir, tmp_path):
+    vocab = tiny_vocab()
+    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                        embedding_options={"mlp_hidden": 32}, nli_head="align", nli_hidden=16)  # as TINY
+    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    head = {k: v for k, v in weights(tmp_path / "init").items() if k.startswith("nli_head.")}
+    run_train(data_dir, tmp_path / "kept", "--init", str(tmp_path / "init"), "--stages", "contrastive:2")
+    kept = SentenceEncoder.from_pretrained(tmp_path / "kept" / "final")
+    init = SentenceEncoder.from_pretrained(tmp_path / "init").config
+    assert (kept.config.nli_head, kept.config.nli_hidden) == ("align", init.nli_hidden)
+    after = weights(tmp_path / "kept" / "final")
+    assert head and all(torch.equal(v, after[k]) for k, v in head.items())  # the same head, untouched
+    run_train(data_dir, tmp_path / "new", "--init", str(tmp_path / "init"), "--stages", "contrastive:2",
+              "--nli-head", "pair")
+    new = SentenceEncoder.from_pretrained(tmp_path / "new" / "final")
+    assert (new.config.nli_head, new.config.nli_hidden) == ("pair", 16)
