@@ -144,7 +144,8 @@ def test_attacks_short(tmp_path):
     assert not failed, (failed, {k: (r["p50_ratio"], r["attacker"]) for k, r in out["results"].items()})
     # the attacks really happened: the attacker was refused or held, not idle
     a = {k: r["attacker"] for k, r in out["results"].items()}
-    assert a["header_bomb@proxy"].get("header_bytes_sent", 0) > 1 << 20
+    bomb = a["header_bomb@proxy"]  # bytes count per finished 64 KB write; a bomb cut off earlier counts 0
+    assert bomb.get("header_bytes_sent", 0) > 1 << 20 or bomb.get("400", 0) >= 10, bomb
     assert a["slowloris@proxy"].get("connections", 0) >= 1100
     assert a["expensive_texts@direct"].get("200", 0) > 0
     assert a["disconnects@direct"].get("abandoned", 0) > 50
