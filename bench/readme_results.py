@@ -10,7 +10,7 @@ Sources: ``model/checkpoints/default/report.json`` (float32), ``.../int8/report.
 ``bench/results/nli_v2/<variant>/report.json`` (``pete-evaluate`` of an NLI head variant, described in
 ``bench/results/nli_v2/variants.json``) is a row of the NLI variants table; ``deploy/image/report.json``
 (``make image``) gives the image size; ``app.settings.Settings`` gives the configuration table; ``bench/results/onnx/serving.json``
-(``python -m bench.serving``) the backends table. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+(``python -m bench.serving``) the backends table, ``bench/results/serving.json`` the serving table and its targets. Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
 in README.md; ``tests/test_readme_results.py`` fails when a block and its reports disagree.
 """
 
@@ -32,6 +32,7 @@ NLI_VARIANTS = REPO_ROOT / "bench" / "results" / "nli_v2"
 IMAGE_REPORT = REPO_ROOT / "deploy" / "image" / "report.json"
 IMAGE_SLIM_REPORT = REPO_ROOT / "deploy" / "image" / "report-slim.json"
 BACKENDS_RUN = REPO_ROOT / "bench" / "results" / "onnx" / "serving.json"
+SERVING_RUN = REPO_ROOT / "bench" / "results" / "serving.json"
 README = REPO_ROOT / "README.md"
 GENRES = ("captions", "news", "forums")
 
@@ -53,6 +54,7 @@ def load_reports() -> dict[str, dict]:
     reports["image"] = json.loads(IMAGE_REPORT.read_text())
     reports["image_slim"] = json.loads(IMAGE_SLIM_REPORT.read_text())
     reports["backends"] = json.loads(BACKENDS_RUN.read_text())
+    reports["serving"] = json.loads(SERVING_RUN.read_text())
     reports["nli_variants"] = {name: {"about": text, "report": json.loads((NLI_VARIANTS / name / "report.json").read_text())}
                                for name, text in about.items()}
     return reports
@@ -162,9 +164,25 @@ def image_block(reports: dict[str, dict]) -> str:
 
 
 def backends_block(reports: dict[str, dict]) -> str:
-    """The backends table from ``bench/results/onnx/serving.json`` (``python -m bench.serving``): per
-    scenario, pairs/s at each closed-loop client count, latency at half saturation, memory."""
-    run = reports["backends"]
+    """The backends table from ``bench/results/onnx/serving.json`` (``python -m bench.serving``)."""
+    return serving_table(reports["backends"])
+
+
+def serving_block(reports: dict[str, dict]) -> str:
+    """The serving benchmark of the shipped defaults, ``bench/results/serving.json``: its targets
+    (value, goal, met), then the per-scenario table (``serving_table``)."""
+    run = reports["serving"]
+    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in run["targets"]:
+        value = "–" if t["value"] is None else f"{t['value']:,.1f}" + ("x" if t["goal"].endswith("x") else "")
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
+    return "\n".join(lines) + "\n\n" + serving_table(run)
+
+
+def serving_table(run: dict) -> str:
+    """One ``python -m bench.serving`` run as a table: per scenario, pairs/s at each closed-loop
+    client count, latency at half saturation, server cores, memory; then when, where and how."""
     clients = run["config"]["clients"]
     head = ("| scenario | " + " | ".join(f"pairs/s, {c} client{'s' if c > 1 else ''}" for c in clients)
             + " | p50 / p99 ms at half saturation | server cores at 32 clients | RSS after load MiB (all processes) |")
@@ -199,7 +217,8 @@ def settings_block(_: dict[str, dict]) -> str:
 
 BLOCKS: dict[str, Callable[[dict[str, dict]], str]] = {"results": results_block, "thresholds": thresholds_block,
                                                         "nli_variants": nli_variants_block, "image": image_block,
-                                                        "settings": settings_block, "backends": backends_block}
+                                                        "settings": settings_block, "backends": backends_block,
+                                                        "serving": serving_block}
 
 
 def block_pattern(name: str) -> re.Pattern:

@@ -169,15 +169,28 @@ def _scenario(sat, p32=None, p99=None, hwm=None, probe=None):
 
 
 def test_evaluate_targets():
-    rows = evaluate_targets({"pete": _scenario(1000.0, p99=40.0, hwm=300 * 2**20, probe=[0.5, 0.25]),
+    one = {"loop": "closed", "clients": 1, "pairs_per_s": 300.0, "p50_ms": 3.0}
+    pete = _scenario(1000.0, p99=40.0, hwm=300 * 2**20, probe=[0.5, 0.25])
+    pete["phases"].append(one)
+    two = _scenario(1600.0, p99=60.0, hwm=200 * 2**20)
+    two["phases"].append({**one, "p50_ms": 6.0})
+    rows = evaluate_targets({"pete": pete, "pete_2workers": two,
                              "pete_nobatch": _scenario(300.0, probe=[0.5, 0.25 + 1e-7]),
                              "minilm": _scenario(250.0)})
-    by = {r["target"].split(" ")[2]: r for r in rows}
-    assert by["minilm"]["value"] == pytest.approx(4.0) and by["minilm"]["met"] is False
-    assert by["pete_nobatch"]["value"] == pytest.approx(1000 / 300) and by["pete_nobatch"]["met"] is False
-    assert rows[2]["met"] is True and rows[3]["value"] == pytest.approx(300.0) and rows[3]["met"] is True
-    none = evaluate_targets({"pete": _scenario(10.0)})
-    assert [r["met"] for r in none] == [None, None, None, None]
+    by = {r["target"]: r for r in rows}
+    assert by["pete / minilm pairs/s (saturation)"]["value"] == pytest.approx(4.0)
+    assert by["pete / minilm pairs/s (saturation)"]["met"] is False
+    assert by["pete / pete_nobatch pairs/s at 32 clients"]["value"] == pytest.approx(1000 / 300)
+    met = {k: r["met"] for k, r in by.items() if k.startswith("pete ") or k.startswith("pete_2workers ")}
+    assert met == {"pete / minilm pairs/s (saturation)": False, "pete / pete_nobatch pairs/s at 32 clients": False,
+                   "pete pairs/s at saturation": False, "pete p50 latency, one client (ms)": True,
+                   "pete p99 latency at half saturation (ms)": True,
+                   "pete service peak RSS, all processes (MiB)": False,  # 300 MiB > 250
+                   "pete_2workers pairs/s at saturation": True, "pete_2workers p50 latency, one client (ms)": False,
+                   "pete_2workers p99 latency at half saturation (ms)": False,
+                   "pete_2workers service peak RSS, all processes (MiB)": True}
+    none = evaluate_targets({"pete": _scenario(10.0)})  # no minilm, no batching-off run, no latency or memory
+    assert [r["met"] for r in none] == [None, None, False, None, None, None]
     agree = probe_agreement({"pete": _scenario(1.0, probe=[0.5, 0.25]),
                              "pete_nobatch": _scenario(1.0, probe=[0.5, 0.25 + 1e-7])})
     assert agree[0]["max_abs_diff"] == pytest.approx(1e-7)
