@@ -358,31 +358,23 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
     else:
         add("pete / pete_nobatch pairs/s at 32 clients", None, f">= {TARGETS['pete_vs_nobatch_at_32']}x", None,
             "needs 32 in --clients and both scenarios")
+    def bound(name: str, value: float | None, goal: str, ok: Callable[[float], bool], missing: str) -> None:
+        add(name, value, goal, None if value is None else ok(value), "" if value is not None else missing)
+
     for name in TARGET_SUBJECTS:
         if name != "pete" and name not in scenarios:
             continue
         sc = scenarios.get(name)
-        sat = sc["saturation_pairs_per_s"] if sc else None
-        add(f"{name} pairs/s at saturation", sat, f">= {TARGETS['pairs_per_s']:.0f}",
-            None if sat is None else sat >= TARGETS["pairs_per_s"], "" if sc else "not measured")
-        one = _phase(sc, "closed", 1)
-        add(f"{name} p50 latency, one client (ms)", one["p50_ms"] if one else None,
-            f"<= {TARGETS['p50_ms_one_client']}", None if not one else one["p50_ms"] <= TARGETS["p50_ms_one_client"],
-            "" if one else "needs 1 in --clients")
-        op = _phase(sc, "open")
-        if op and op["n"]:
-            add(f"{name} p99 latency at half saturation (ms)", op["p99_ms"], f"<= {TARGETS['p99_ms_at_half_load']}",
-                op["p99_ms"] <= TARGETS["p99_ms_at_half_load"])
-        else:
-            add(f"{name} p99 latency at half saturation (ms)", None, f"<= {TARGETS['p99_ms_at_half_load']}", None,
-                "not measured")
-        if sc and sc.get("memory_end", {}).get("hwm_bytes"):
-            mb = sc["memory_end"]["hwm_bytes"] / 2**20
-            add(f"{name} service peak RSS, all processes (MiB)", mb, f"<= {TARGETS['peak_rss_mb']:.0f}",
-                mb <= TARGETS["peak_rss_mb"])
-        else:
-            add(f"{name} service peak RSS, all processes (MiB)", None, f"<= {TARGETS['peak_rss_mb']:.0f}", None,
-                "not measured")
+        one, op = _phase(sc, "closed", 1), _phase(sc, "open")
+        hwm = sc.get("memory_end", {}).get("hwm_bytes") if sc else None
+        bound(f"{name} pairs/s at saturation", sc["saturation_pairs_per_s"] if sc else None,
+              f">= {TARGETS['pairs_per_s']:.0f}", lambda v: v >= TARGETS["pairs_per_s"], "not measured")
+        bound(f"{name} p50 latency, one client (ms)", one["p50_ms"] if one else None,
+              f"<= {TARGETS['p50_ms_one_client']}", lambda v: v <= TARGETS["p50_ms_one_client"], "needs 1 in --clients")
+        bound(f"{name} p99 latency at half saturation (ms)", op["p99_ms"] if op and op["n"] else None,
+              f"<= {TARGETS['p99_ms_at_half_load']}", lambda v: v <= TARGETS["p99_ms_at_half_load"], "not measured")
+        bound(f"{name} service peak RSS, all processes (MiB)", hwm / 2**20 if hwm else None,
+              f"<= {TARGETS['peak_rss_mb']:.0f}", lambda v: v <= TARGETS["peak_rss_mb"], "not measured")
     base = scenarios.get("pete_baseline")
     if pete and base and base["saturation_pairs_per_s"]:
         r = pete["saturation_pairs_per_s"] / base["saturation_pairs_per_s"]
