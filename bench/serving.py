@@ -340,27 +340,23 @@ def evaluate_targets(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
     def add(name: str, value: float | None, goal: str, met: bool | None, note: str = "") -> None:
         rows.append({"target": name, "value": value, "goal": goal, "met": met, "note": note})
 
-    if pete and mini and mini["saturation_pairs_per_s"]:
-        r = pete["saturation_pairs_per_s"] / mini["saturation_pairs_per_s"]
-        add("pete / minilm pairs/s (saturation)", r, f">= {TARGETS['pete_vs_minilm']}x", r >= TARGETS["pete_vs_minilm"])
-    else:
-        add("pete / minilm pairs/s (saturation)", None, f">= {TARGETS['pete_vs_minilm']}x", None, "not measured")
+    def bound(name: str, value: float | None, goal: str, ok: Callable[[float], bool], missing: str) -> None:
+        add(name, value, goal, None if value is None else ok(value), "" if value is not None else missing)
+
+    bound("pete / minilm pairs/s (saturation)",
+          pete["saturation_pairs_per_s"] / mini["saturation_pairs_per_s"]
+          if pete and mini and mini["saturation_pairs_per_s"] else None,
+          f">= {TARGETS['pete_vs_minilm']}x", lambda r: r >= TARGETS["pete_vs_minilm"], "not measured")
     pf, mf = scenarios.get("pete_fp32"), scenarios.get("minilm_fp32")
     if pf and mf and mf["saturation_pairs_per_s"]:
         r = pf["saturation_pairs_per_s"] / mf["saturation_pairs_per_s"]
         add("pete_fp32 / minilm_fp32 pairs/s (saturation)", r, f">= {TARGETS['pete_vs_minilm']}x",
             r >= TARGETS["pete_vs_minilm"], "both float32 (informative)")
     a32, b32 = _phase(pete, "closed", 32), _phase(nob, "closed", 32)
-    if a32 and b32 and b32["pairs_per_s"]:
-        r = a32["pairs_per_s"] / b32["pairs_per_s"]
-        add("pete / pete_nobatch pairs/s at 32 clients", r, f">= {TARGETS['pete_vs_nobatch_at_32']}x",
-            r >= TARGETS["pete_vs_nobatch_at_32"])
-    else:
-        add("pete / pete_nobatch pairs/s at 32 clients", None, f">= {TARGETS['pete_vs_nobatch_at_32']}x", None,
-            "needs 32 in --clients and both scenarios")
-    def bound(name: str, value: float | None, goal: str, ok: Callable[[float], bool], missing: str) -> None:
-        add(name, value, goal, None if value is None else ok(value), "" if value is not None else missing)
-
+    bound("pete / pete_nobatch pairs/s at 32 clients",
+          a32["pairs_per_s"] / b32["pairs_per_s"] if a32 and b32 and b32["pairs_per_s"] else None,
+          f">= {TARGETS['pete_vs_nobatch_at_32']}x", lambda r: r >= TARGETS["pete_vs_nobatch_at_32"],
+          "needs 32 in --clients and both scenarios")
     for name in TARGET_SUBJECTS:
         if name != "pete" and name not in scenarios:
             continue
