@@ -7,6 +7,8 @@
                   1 - cos between a 256->384 projection of the student's sentence vector and the
                   teacher's, plus ``relational_weight`` x the MSE between the student's own in-batch
                   cosine matrix and the teacher's (so the served cosines spread like the teacher's),
+                  plus optionally ``distill_words`` single words per batch (word-level distillation,
+                  ``model.teacher.word_corpus``) in the same two losses,
                   plus optionally ``distill_pairs`` near pairs (``model.near_pairs``) per batch whose
                   cosines regress the teacher's (``pair_weight``),
                   plus optionally ``infonce_weight`` x the caption/triplet InfoNCE,
@@ -64,6 +66,7 @@ class StageContext:
     data: TrainData
     aux: nn.ModuleDict = None
     teacher: TeacherTargets | None = None
+    words: TeacherTargets | None = None  # single words (cfg.distill_words > 0)
     token_targets: torch.Tensor | None = None
     gold_targets: torch.Tensor | None = None  # (len(sts_train),) float32, see load_teacher
     vocab_perm: list[int] | None = None
@@ -108,9 +111,13 @@ def infonce_loss(ctx: StageContext, rng: random.Random) -> torch.Tensor:
 
 
 def distill_losses(ctx: StageContext, rng: random.Random) -> Losses:
-    """Distillation on ``distill_batch`` cached sentences: projected cosine + relational MSE."""
+    """Distillation on ``distill_batch`` cached sentences (+ ``distill_words`` single words): projected
+    cosine + relational MSE, + the near pairs' cosine MSE."""
     cfg = ctx.cfg
     texts, target = ctx.teacher.sample(rng, cfg.distill_batch)
+    if cfg.distill_words:  # before the near pairs, which stay the last 2k rows
+        word_texts, word_target = ctx.words.sample(rng, cfg.distill_words)
+        texts, target = texts + word_texts, torch.cat((target, word_target))
     k = cfg.distill_pairs
     if k:
         pair_texts, pair_target = ctx.teacher.sample_pairs(rng, k)  # first sides, then second sides
@@ -247,6 +254,8 @@ def load_teacher(ctx: StageContext, step: int = 0) -> None:
         ctx.teacher = TeacherTargets(ctx.cfg)
     else:
         ctx.teacher.refresh()
+    if ctx.cfg.distill_words and ctx.words is None:
+        ctx.words = TeacherTargets(ctx.cfg, words=True)
     if step == 0:
         fit_projection(ctx)
     if ctx.cfg.gold_weight > 0 and ctx.gold_targets is None:

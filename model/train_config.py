@@ -41,6 +41,12 @@ def _default_teacher_cache() -> str:
     return str(DEFAULT_CACHE_DIR)
 
 
+def _default_words_cache() -> str:
+    from model.teacher import WORDS_CACHE_DIR
+
+    return str(WORDS_CACHE_DIR)
+
+
 @dataclass
 class TrainConfig:
     """One training run. Units: steps, tokens, sentences; learning rates are AdamW peak rates."""
@@ -55,6 +61,8 @@ class TrainConfig:
     threads: int = _opt(max(1, os.cpu_count() or 1), "torch CPU threads")
     teacher_cache: str = _opt(None, "teacher embedding cache directory (model.teacher.TeacherCache; "
                                     "default $PETE_CACHE_DIR/teacher or ~/.cache/pete-serve/teacher)")
+    words_cache: str = _opt(None, "teacher cache of single words for --distill-words (python -m model.teacher "
+                                  "--corpus words; default $PETE_CACHE_DIR/teacher_words)")
     # model
     embedding: str = _opt("fourier_geo", "token embedding kind (model.embeddings registry)")
     embedding_options: str = _opt('{"mlp_hidden": 256}', "JSON options of the embedding kind")
@@ -87,6 +95,8 @@ class TrainConfig:
     distill_pairs: int = _opt(0, "near pairs (model.near_pairs: STS-B/MRPC train texts, teacher neighbours) "
                                  "added to each distillation batch")
     pair_weight: float = _opt(1.0, "weight of the MSE between student and teacher cosines of the near pairs")
+    distill_words: int = _opt(0, "single words (the --words-cache, model.teacher.word_corpus) added to each "
+                                 "distillation batch: word-level knowledge distillation")
     pair_pool: int = _opt(150_000, "cached rows searched for teacher neighbours (near pairs)")
     pair_sources: list = _opt((), "draw the near-pair pool from this text/ file only (e.g. news, forum); "
                                   "repeatable; default: every cached row", action="append")
@@ -133,6 +143,8 @@ class TrainConfig:
             self.nli_teacher = str(NLI_TEACHER_DIR)
         if self.teacher_cache is None:
             self.teacher_cache = _default_teacher_cache()
+        if self.words_cache is None:
+            self.words_cache = _default_words_cache()
 
     @property
     def out_dir(self) -> Path:

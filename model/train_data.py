@@ -144,19 +144,25 @@ class TeacherTargets:
 
     ``refresh()`` picks up rows that a caching run still in progress has finished since.
 
+    Args:
+        cfg: the run's config; the cache is ``cfg.teacher_cache`` (sentences, at most
+            ``cfg.distill_sentences`` rows) unless ``words`` is set.
+        words: open ``cfg.words_cache`` instead (single words, ``model.teacher.word_corpus``), every row.
     Raises:
-        FileNotFoundError: no cache at ``cfg.teacher_cache`` (build it with ``python -m model.teacher``).
+        FileNotFoundError: no cache there (build it with ``python -m model.teacher``).
         ValueError: the cache has no finished row yet.
     """
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, words: bool = False) -> None:
+        directory = cfg.words_cache if words else cfg.teacher_cache
         try:
-            self.cache = TeacherCache(cfg.teacher_cache)
+            self.cache = TeacherCache(directory)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no teacher cache at {cfg.teacher_cache}: run "
-                                    f"`python -m model.teacher --cache-dir {cfg.teacher_cache}` first") from None
+            corpus = " --corpus words" if words else ""
+            raise FileNotFoundError(f"no teacher cache at {directory}: run "
+                                    f"`python -m model.teacher{corpus} --cache-dir {directory}` first") from None
         self.cfg = cfg
-        self.limit = cfg.distill_sentences or self.cache.rows
+        self.limit = (0 if words else cfg.distill_sentences) or self.cache.rows
         self._texts = self.cache.texts()
         self.embeddings = self.cache.embeddings()
         self.n = 0

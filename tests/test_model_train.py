@@ -573,3 +573,48 @@ def test_training_from_a_checkpoint_keeps_its_nli_head_unless_told_otherwise(dat
               "--nli-head", "pair")
     new = SentenceEncoder.from_pretrained(tmp_path / "new" / "final")
     assert (new.config.nli_head, new.config.nli_hidden) == ("pair", 16)
+
+
+def test_word_corpus_takes_whole_vocabulary_words_and_frequent_split_words(tmp_path):
+    from model.data import DataPaths
+    from model.teacher import word_corpus
+
+    root = build_data_dir(tmp_path / "data")
+    vocab = tiny_vocab() + ["##ing", "x", "42"]
+    gz(root / "bert-base-uncased" / "vocab.txt.gz", "\n".join(vocab) + "\n")
+    gz(root / "text" / "forum.tsv.gz", "source\tsentence\n"
+       + "reddit\tMy succulents need water.\n" * 3 + "reddit\tAloe is a succulent.\n")
+    words = word_corpus(DataPaths(root), min_count=3)
+    assert len(words) == len(set(words))
+    assert {"guitar", "horse", "succulents"} <= set(words)  # whole vocabulary words; a frequent split word
+    assert "succulent" not in words  # seen once: under min_count
+    assert not {"##ing", "x", "42", "[CLS]"} & set(words)  # pieces, one letter, digits, special tokens
+    assert words == word_corpus(DataPaths(root), min_count=3) and words != sorted(words)  # seeded shuffle
+    assert "succulents" not in word_corpus(DataPaths(root), corpus_words=0, min_count=3)
+
+
+def test_distillation_with_words_moves_the_words_cosines_towards_the_teachers(data_dir, teacher_cache, tmp_path):
+    # a teacher that puts the words in two clusters (the first and second half in vocabulary order),
+    # which the sentences' (random) teacher vectors say nothing about
+    words = sorted({w for w in tiny_vocab() if w.isalpha()})
+    centres = np.random.default_rng(0).standard_normal((2, 384))
+    cluster = {w: centres[2 * i // len(words)] + 0.3 * fake_teacher_vector(w, 384) for i, w in enumerate(words)}
+    words_cache = tmp_path / "words"
+    TeacherCache.create(words_cache, words).fill(
+        lambda texts: np.stack([cluster[t] / np.linalg.norm(cluster[t]) for t in texts]))
+    torch.manual_seed(0)
+    vocab = tiny_vocab()
+    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
+    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    common = ("--init", str(tmp_path / "init"), "--stages", "distill:40", "--teacher-cache", str(teacher_cache),
+              "--words-cache", str(words_cache), "--distill-batch", "8", "--lr-distill", "3e-3", "--log-every", "10")
+    run_train(data_dir, tmp_path / "words_run", *common, "--distill-words", "16")
+    run_train(data_dir, tmp_path / "plain", *common)
+    with_words = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "words_run" / "final"), words_cache)
+    without = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "plain" / "final"), words_cache)
+    before = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "init"), words_cache)
+    assert with_words < 0.5 * before and with_words < 0.5 * without, (before, with_words, without)
+    with pytest.raises(FileNotFoundError, match="--corpus words"):
+        run_train(data_dir, tmp_path / "missing", "--stages", "distill:2", "--teacher-cache", str(teacher_cache),
+                  "--words-cache", str(tmp_path / "none"), "--distill-words", "4")
