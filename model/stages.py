@@ -66,7 +66,7 @@ class StageContext:
     data: TrainData
     aux: nn.ModuleDict = None
     teacher: TeacherTargets | None = None
-    words: TeacherTargets | None = None  # single words (cfg.distill_words > 0)
+    words: TeacherTargets | None = None  # single words (cfg.distill_words or cfg.word_pairs > 0)
     token_targets: torch.Tensor | None = None
     gold_targets: torch.Tensor | None = None  # (len(sts_train),) float32, see load_teacher
     vocab_perm: list[int] | None = None
@@ -112,23 +112,27 @@ def infonce_loss(ctx: StageContext, rng: random.Random) -> torch.Tensor:
 
 def distill_losses(ctx: StageContext, rng: random.Random) -> Losses:
     """Distillation on ``distill_batch`` cached sentences (+ ``distill_words`` single words): projected
-    cosine + relational MSE, + the near pairs' cosine MSE."""
+    cosine + relational MSE; + the cosine MSE of ``distill_pairs`` near sentence pairs and of
+    ``word_pairs`` near word pairs (teacher neighbours among the words), both at ``pair_weight``."""
     cfg = ctx.cfg
     texts, target = ctx.teacher.sample(rng, cfg.distill_batch)
-    if cfg.distill_words:  # before the near pairs, which stay the last 2k rows
+    if cfg.distill_words:
         word_texts, word_target = ctx.words.sample(rng, cfg.distill_words)
         texts, target = texts + word_texts, torch.cat((target, word_target))
-    k = cfg.distill_pairs
-    if k:
-        pair_texts, pair_target = ctx.teacher.sample_pairs(rng, k)  # first sides, then second sides
+    pair_sets = [(name, k, source) for name, k, source in (("pair", cfg.distill_pairs, ctx.teacher),
+                                                           ("word_pair", cfg.word_pairs, ctx.words)) if k]
+    for _, k, source in pair_sets:  # appended last: first sides, then second sides
+        pair_texts, pair_target = source.sample_pairs(rng, k)
         texts, target = texts + pair_texts, torch.cat((target, pair_target))
     student = ctx.embed(texts)
     out = {"distill": distill_cosine(ctx.aux["distill_proj"](student), target)}
     if cfg.relational_weight > 0:
         out["relational"] = cfg.relational_weight * similarity_matrix_mse(student, target)
-    if k:
-        s, t = student[-2 * k :], target[-2 * k :]
-        out["pair"] = cfg.pair_weight * pair_cosine_mse(s[:k], s[k:], t[:k], t[k:])
+    end = len(texts)
+    for name, k, _ in reversed(pair_sets):
+        s, t = student[end - 2 * k : end], target[end - 2 * k : end]
+        out[name] = cfg.pair_weight * pair_cosine_mse(s[:k], s[k:], t[:k], t[k:])
+        end -= 2 * k
     return out
 
 
@@ -254,7 +258,7 @@ def load_teacher(ctx: StageContext, step: int = 0) -> None:
         ctx.teacher = TeacherTargets(ctx.cfg)
     else:
         ctx.teacher.refresh()
-    if ctx.cfg.distill_words and ctx.words is None:
+    if (ctx.cfg.distill_words or ctx.cfg.word_pairs) and ctx.words is None:
         ctx.words = TeacherTargets(ctx.cfg, words=True)
     if step == 0:
         fit_projection(ctx)

@@ -97,6 +97,9 @@ class TrainConfig:
     pair_weight: float = _opt(1.0, "weight of the MSE between student and teacher cosines of the near pairs")
     distill_words: int = _opt(0, "single words (the --words-cache, model.teacher.word_corpus) added to each "
                                  "distillation batch: word-level knowledge distillation")
+    word_pairs: int = _opt(0, "near word pairs (each word's teacher nearest neighbours among the --words-cache "
+                              "words) added to each distillation batch, their cosines regressed on the "
+                              "teacher's (--pair-weight)")
     pair_pool: int = _opt(150_000, "cached rows searched for teacher neighbours (near pairs)")
     pair_sources: list = _opt((), "draw the near-pair pool from this text/ file only (e.g. news, forum); "
                                   "repeatable; default: every cached row", action="append")

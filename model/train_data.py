@@ -161,7 +161,7 @@ class TeacherTargets:
             corpus = " --corpus words" if words else ""
             raise FileNotFoundError(f"no teacher cache at {directory}: run "
                                     f"`python -m model.teacher{corpus} --cache-dir {directory}` first") from None
-        self.cfg = cfg
+        self.cfg, self.words = cfg, words
         self.limit = (0 if words else cfg.distill_sentences) or self.cache.rows
         self._texts = self.cache.texts()
         self.embeddings = self.cache.embeddings()
@@ -180,9 +180,11 @@ class TeacherTargets:
 
     @functools.cached_property
     def pairs(self) -> np.ndarray:
-        """(m, 2) int64 near pairs among the usable rows (``model.near_pairs``), computed on first use."""
+        """(m, 2) int64 near pairs among the usable rows (``model.near_pairs``; for a words cache, teacher
+        neighbours among all words), computed on first use."""
         return near_pairs(self.cache.dir, self.embeddings, self._texts, DataPaths(self.cfg.data_dir), self.n,
-                          pool=self.cfg.pair_pool, seed=self.cfg.seed, sources=self.cfg.pair_sources)
+                          pool=self.cfg.pair_pool, seed=self.cfg.seed,
+                          sources=None if self.words else self.cfg.pair_sources)
 
     def sample_pairs(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
         """``k`` near pairs: (first sides then second sides, 2k texts; (2k, 384) float32 embeddings)."""

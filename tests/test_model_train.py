@@ -598,7 +598,8 @@ def test_distillation_with_words_moves_the_words_cosines_towards_the_teachers(da
     # which the sentences' (random) teacher vectors say nothing about
     words = sorted({w for w in tiny_vocab() if w.isalpha()})
     centres = np.random.default_rng(0).standard_normal((2, 384))
-    cluster = {w: centres[2 * i // len(words)] + 0.3 * fake_teacher_vector(w, 384) for i, w in enumerate(words)}
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)  # words of a cluster: cosine ~0.7
+    cluster = {w: centres[2 * i // len(words)] + 0.6 * fake_teacher_vector(w, 384) for i, w in enumerate(words)}
     words_cache = tmp_path / "words"
     TeacherCache.create(words_cache, words).fill(
         lambda texts: np.stack([cluster[t] / np.linalg.norm(cluster[t]) for t in texts]))
@@ -615,6 +616,14 @@ def test_distillation_with_words_moves_the_words_cosines_towards_the_teachers(da
     without = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "plain" / "final"), words_cache)
     before = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "init"), words_cache)
     assert with_words < 0.5 * before and with_words < 0.5 * without, (before, with_words, without)
+    # near word pairs: each word's teacher neighbours (same cluster), in their own pair loss
+    run_train(data_dir, tmp_path / "word_pairs", *common, "--distill-words", "8", "--word-pairs", "4",
+              "--distill-pairs", "2", "--pair-pool", "30", "--log-every", "1")
+    steps = [line for line in (tmp_path / "word_pairs" / "train.log").read_text().splitlines()
+             if " distill step " in line and " lr " in line]
+    assert len(steps) == 40 and all(" word_pair " in line and " pair " in line for line in steps)
+    mined = np.load(words_cache / "near_pairs_30_2_0.npy")
+    assert len(mined) and all((2 * a // len(words)) == (2 * b // len(words)) for a, b in mined.tolist())
     with pytest.raises(FileNotFoundError, match="--corpus words"):
         run_train(data_dir, tmp_path / "missing", "--stages", "distill:2", "--teacher-cache", str(teacher_cache),
                   "--words-cache", str(tmp_path / "none"), "--distill-words", "4")
