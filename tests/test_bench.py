@@ -230,3 +230,42 @@ def test_request_path_benchmark_runs_both_handlers(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lean") or line.startswith("| FastAPI")]
     assert len(rows) == 4
     assert all(float(r.split("|")[3]) > 0 for r in rows)
+
+
+# ---- agreement with the teacher outside STS-B ----------------------------------------------------
+def test_teacher_agreement_pairs_each_row_with_its_teacher_nearest_then_random_rows():
+    import random
+
+    from bench.teacher_agreement import pair_rows
+
+    # rows 0-1 and 2-3 are near-duplicates; every other pair is orthogonal
+    t = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1.0, 0],
+                                                    [0, 0, 0.9, 0.1], [0, 1.0, 0, 0]]), dim=-1)
+    rows = pair_rows(t, 4, random.Random(0))
+    assert rows.shape == (8, 2)
+    assert rows[:4].tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]  # nearest, never itself
+    assert all(a != b for a, b in rows[4:].tolist())  # random pairs of distinct rows
+    assert pair_rows(t, 3, random.Random(0), nearest=False).shape == (3, 2)
+
+
+def test_teacher_agreement_samples_only_sentences_the_runs_never_sampled(tmp_path):
+    import gzip
+
+    from bench.teacher_agreement import held_out_sets
+    from model.data import DataPaths
+    from model.teacher import TeacherCache
+
+    root = tmp_path / "data"
+    (root / "text").mkdir(parents=True)
+    (root / "bert-base-uncased").mkdir()
+    with gzip.open(root / "bert-base-uncased" / "vocab.txt.gz", "wt") as f:
+        f.write("[PAD]\n##ing\nguitar\nhorse\ncat\n")
+    texts = [f"sentence {i}" for i in range(20)]
+    with gzip.open(root / "text" / "news.tsv.gz", "wt") as f:
+        f.write("source\tsentence\n" + "".join(f"bbc\t{t}\n" for t in texts))
+    TeacherCache.create(tmp_path / "cache", texts, dim=4)
+    sets = held_out_sets(DataPaths(root), tmp_path / "cache", trained_rows=12, n=5, words=2)
+    assert len(sets["news"]) == 5 and set(sets["news"]) <= set(texts[12:])
+    assert len(sets["words"]) == 2 and set(sets["words"]) <= {"guitar", "horse"}  # 4+ letters, whole words
+    with pytest.raises(ValueError, match="only 8 held-out"):
+        held_out_sets(DataPaths(root), tmp_path / "cache", trained_rows=12, n=9, words=2)
