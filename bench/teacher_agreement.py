@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     names = [k for k in sets if k != "words"]
-    md = [f"# Agreement with the teacher outside STS-B\n",
+    md = ["# Agreement with the teacher outside STS-B\n",
           f"`python -m bench.teacher_agreement {' '.join(args.checkpoints)} --trained-rows {args.trained_rows}`: "
           f"Spearman x100 of student vs teacher cosines; per `text/` file {args.sentences} held-out sentences, "
           f"{args.pairs} teacher-nearest + {args.pairs} random pairs; `words`: {args.words} random pairs of "

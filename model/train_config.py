@@ -90,6 +90,10 @@ class TrainConfig:
     triplet_batch: int = _opt(32, "NLI (premise, entailed, contradicted) triplets per InfoNCE batch")
     distill_batch: int = _opt(128, "sentences per distillation batch")
     distill_sentences: int = _opt(0, "distil from the first N cached rows only (0: every finished row)")
+    distill_sources: list = _opt((), "text/ file (e.g. forum) that --distill-source-fraction of each distillation "
+                                     "batch is drawn from; repeatable; default: uniform over the cache",
+                                 action="append")
+    distill_source_fraction: float = _opt(0.5, "part of each distillation batch drawn from --distill-sources")
     distill_weight: float = _opt(0.0, "weight of the distillation loss inside the contrastive and sts stages")
     relational_weight: float = _opt(1.0, "weight of the in-batch cosine-matrix MSE in distillation")
     distill_pairs: int = _opt(0, "near pairs (model.near_pairs: STS-B/MRPC train texts, teacher neighbours) "
@@ -140,6 +144,7 @@ class TrainConfig:
         self.nli_file = list(self.nli_file or [])
         self.nli_pseudo = list(self.nli_pseudo or [])
         self.pair_sources = list(self.pair_sources or [])
+        self.distill_sources = list(self.distill_sources or [])
         if self.nli_teacher is None:
             from model.teacher import NLI_TEACHER_DIR
 
@@ -171,7 +176,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
-            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo", "pair_sources") else []
+            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo", "pair_sources", "distill_sources") else []
         if "action" in meta:
             kwargs["action"] = meta.pop("action")
         if "action" not in kwargs:

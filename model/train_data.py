@@ -212,8 +212,25 @@ class TeacherTargets:
         return {t: i for i, t in enumerate(self._texts)}
 
     def sample(self, rng, k: int) -> tuple[list[str], torch.Tensor]:
-        """``k`` distinct rows: (texts, (k, 384) float32 teacher embeddings)."""
-        return self._rows(sorted(rng.sample(range(self.n), k)))
+        """``k`` distinct rows (fewer where the two draws overlap): (texts, (k, 384) float32 teacher
+        embeddings). With ``distill_sources``,
+        ``round(k * distill_source_fraction)`` of them come from those ``text/`` files' rows."""
+        m = round(k * self.cfg.distill_source_fraction) if self.cfg.distill_sources and not self.words else 0
+        rows = set(rng.sample(range(self.n), k - m))
+        if m:
+            pool = self.source_rows
+            rows.update(int(r) for r in pool[rng.sample(range(len(pool)), min(m, len(pool)))])
+        return self._rows(sorted(rows))
+
+    @functools.cached_property
+    def source_rows(self) -> np.ndarray:
+        """Usable rows of the ``distill_sources`` text/ files (int64, sorted)."""
+        from model.near_pairs import source_rows
+
+        rows = source_rows(DataPaths(self.cfg.data_dir), self._row_of, self.cfg.distill_sources)
+        rows = rows[rows < self.n]
+        log.info("distillation: %d usable rows from %s", len(rows), ", ".join(self.cfg.distill_sources))
+        return rows
 
     def _rows(self, idx) -> tuple[list[str], torch.Tensor]:
         """The texts and (len(idx), 384) float32 teacher embeddings of cache rows ``idx``."""

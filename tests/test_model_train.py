@@ -627,3 +627,28 @@ def test_distillation_with_words_moves_the_words_cosines_towards_the_teachers(da
     with pytest.raises(FileNotFoundError, match="--corpus words"):
         run_train(data_dir, tmp_path / "missing", "--stages", "distill:2", "--teacher-cache", str(teacher_cache),
                   "--words-cache", str(tmp_path / "none"), "--distill-words", "4")
+
+
+def test_distillation_batches_draw_the_chosen_part_from_the_chosen_text_files(tmp_path):
+    import random
+
+    from model.train_config import TrainConfig
+    from model.train_data import TeacherTargets
+
+    root = build_data_dir(tmp_path / "data")
+    news = GROUPS[0] + GROUPS[1]
+    gz(root / "text" / "news.tsv.gz", "source\tsentence\n" + "".join(f"bbc\t{t}\n" for t in news))
+    texts = sorted(set(all_texts()))
+    TeacherCache.create(tmp_path / "cache", texts).fill(counting_encoder(384, []))
+    cfg = TrainConfig(data_dir=str(root), out=str(tmp_path / "x"), teacher_cache=str(tmp_path / "cache"),
+                      distill_sources=["news"], distill_source_fraction=0.5)
+    targets, rng = TeacherTargets(cfg), random.Random(0)
+    drawn = [targets.sample(rng, 8)[0] for _ in range(50)]
+    share = sum(t in news for batch in drawn for t in batch) / sum(len(b) for b in drawn)
+    uniform = len(news) / len(texts)  # ~0.1
+    assert share > 0.45 and share > 3 * uniform, share  # half the batch from news, plus news drawn uniformly
+    assert all(6 <= len(b) <= 8 for b in drawn)
+    everything = TeacherTargets(TrainConfig(data_dir=str(root), out=str(tmp_path / "y"),
+                                            teacher_cache=str(tmp_path / "cache")))
+    plain = [t for _ in range(50) for t in everything.sample(rng, 8)[0]]
+    assert sum(t in news for t in plain) / len(plain) < 0.25
