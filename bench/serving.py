@@ -39,6 +39,8 @@ Scenarios (``--scenarios``):
 - ``pete_onnx``         PETE on ONNX Runtime (PETE_BACKEND=onnx, float32; the graphs are exported
                         with ``pete-export`` into ``--out``/tmp/onnx_export first): no torch in the
                         serving process;
+- ``pete_onnx_2workers`` the same in two worker processes: what the slim image runs
+                        (PETE_BACKEND=onnx, PETE_WORKERS=2);
 - ``pete_int8``         PETE with int8 linear layers whatever the CPU (PETE_QUANTIZE=int8; the default
                         ``auto`` takes int8 only where it measures faster);
 - ``pete_fp32``, ``minilm_fp32``  both models in float32 (PETE_QUANTIZE=none): the ratio without
@@ -79,14 +81,14 @@ from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
 from model.config import ENCODER_ONNX, EXPORT_INFO
 
-ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
+ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_onnx_2workers", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 # issue 12's serving targets (reported, not asserted); the service-level ones are evaluated for each
 # configuration of the shipped model in the run (TARGET_SUBJECTS)
 TARGETS = {"pete_vs_minilm": 5.0, "pete_vs_nobatch_at_32": 4.0, "pairs_per_s": 1500.0, "p50_ms_one_client": 5.0,
            "p99_ms_at_half_load": 50.0, "peak_rss_mb": 250.0, "pete_vs_baseline": 0.7}
-TARGET_SUBJECTS = ("pete", "pete_2workers")
+TARGET_SUBJECTS = ("pete", "pete_2workers", "pete_onnx", "pete_onnx_2workers")
 MINILM_APP = "bench.teacher_backend:create_app"
 FASTAPI_HANDLERS_APP = "bench.serving:create_app_fastapi_handlers"
 
@@ -108,6 +110,8 @@ SCENARIO_TABLE: dict[str, tuple[str, dict[str, str]]] = {
     "pete_int8": ("PETE, int8 linear layers whatever the CPU (PETE_QUANTIZE=int8)", {"PETE_QUANTIZE": "int8"}),
     "pete_onnx": ("PETE on ONNX Runtime (PETE_BACKEND=onnx: float32, no torch in the process; graphs from "
                   "pete-export)", {"PETE_BACKEND": "onnx"}),
+    "pete_onnx_2workers": ("PETE on ONNX Runtime in two worker processes: the slim image's configuration "
+                           "(PETE_BACKEND=onnx, PETE_WORKERS=2)", {"PETE_BACKEND": "onnx", "PETE_WORKERS": "2"}),
     "pete_baseline": ("PETE checkpoint {baseline}, service defaults", {}),
     "minilm": ("all-MiniLM-L6-v2 (teacher) in the same service, service defaults (quantization auto)", {}),
     "minilm_fp32": ("all-MiniLM-L6-v2 (teacher) in the same service, float32", {"PETE_QUANTIZE": "none"}),
@@ -168,7 +172,7 @@ def build_scenarios(names: Sequence[str], model: str, torch_threads: int | None,
             env["PETE_MODEL_PATH"] = str(baseline_model)
         elif name == "pete_fastapi_handlers":
             factory = FASTAPI_HANDLERS_APP
-        elif name == "pete_onnx":
+        elif name.startswith("pete_onnx"):
             env["PETE_MODEL_PATH"] = str(onnx_export(Path(model), export_dir))
         elif name.startswith("minilm"):
             from bench.teacher_backend import teacher_model_dir
@@ -385,7 +389,7 @@ def probe_agreement(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
     ~1e-2 for float32 vs int8)."""
     rows = []
     for ref_name, name in (("pete", "pete_nobatch"), ("pete", "pete_materialized"), ("pete", "pete_fp32"),
-                           ("pete", "pete_int8"), ("pete_fp32", "pete_onnx")):
+                           ("pete", "pete_int8"), ("pete_fp32", "pete_onnx"), ("pete_onnx", "pete_onnx_2workers")):
         ref, other = scenarios.get(ref_name), scenarios.get(name)
         if ref and other and ref.get("probe_scores") and other.get("probe_scores"):
             diff = max(abs(a - b) for a, b in zip(ref["probe_scores"], other["probe_scores"]))
@@ -590,7 +594,8 @@ def flops_sections(args: argparse.Namespace, model_dir: Path, names: Sequence[st
     out = []
     if (model_dir / "config.json").is_file():
         m = SentenceEncoder.from_pretrained(model_dir)
-        onnx_dir = Path(args.out) / "tmp" / "onnx_export" if "pete_onnx" in names else None
+        onnx_dir = (Path(args.out) / "tmp" / "onnx_export" if any(n.startswith("pete_onnx") for n in names)
+                    else None)
         out.append(run_flops_section(m, texts, threads=threads, batch_sizes=[1, 32], seconds=args.flops_seconds,
                                      quantize=("none", "int8"), name=f"PETE ({model_dir.name})",
                                      onnx_dir=onnx_dir if onnx_dir and (onnx_dir / ENCODER_ONNX).is_file() else None))

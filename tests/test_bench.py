@@ -160,6 +160,18 @@ def test_the_baseline_scenario_serves_the_other_checkpoint():
     assert [s.env["PETE_MODEL_PATH"] for s in sc] == ["new", "old"]
 
 
+def test_the_slim_image_configuration_is_a_scenario_serving_one_onnx_export(tmp_path):
+    from bench.serving import EXPORT_INFO, build_scenarios
+
+    (tmp_path / EXPORT_INFO).write_text("{}")  # an export already there is reused, not redone
+    sc = build_scenarios(["pete_onnx", "pete_onnx_2workers"], "new", 1, {}, export_dir=tmp_path)
+    assert [s.env["PETE_MODEL_PATH"] for s in sc] == [str(tmp_path)] * 2
+    assert sc[1].env["PETE_BACKEND"] == "onnx" and sc[1].env["PETE_WORKERS"] == "2"
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    slim = dockerfile.split("AS slim\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "PETE_BACKEND=onnx" in slim and "PETE_WORKERS=2" in slim  # what the scenario claims to measure
+
+
 def _scenario(sat, p32=None, p99=None, hwm=None, probe=None):
     phases = [{"loop": "closed", "clients": 32, "pairs_per_s": p32 if p32 is not None else sat}]
     if p99 is not None:
