@@ -81,7 +81,8 @@ from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
 from model.config import ENCODER_ONNX, EXPORT_INFO
 
-ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_onnx_2workers", "pete_wait5ms", "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
+ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_onnx_2workers", "pete_wait5ms",
+                 "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
 # issue 12's serving targets (reported, not asserted); the service-level ones are evaluated for each

@@ -16,7 +16,7 @@ shuffled once with a fixed seed before the cache is created, so any prefix is a 
 every genre.
 
     python -m model.teacher --data-dir ../shared/data --cache-dir ~/.cache/pete-serve/teacher
-    python -m model.teacher --data-dir ../shared/data --corpus words   # single words, ~5 min
+    python -m model.teacher --data-dir ../shared/data --corpus words   # single words, ~3 min
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def word_corpus(paths: DataPaths, corpus_words: int = 30_000, min_count: int = 5
     knowing little of what a rare content word means on its own (measured on the v4 checkpoint:
     Spearman -0.05 between its and the teacher's cosines of random word pairs), and topical STS
     pairs (forum answers: "aloe" / "succulents") turn on exactly that. The teacher's embedding of a
-    word alone is a target for it.
+    word alone is a target for it. (Measured: bench/results/recipe_probes, ``words_64_from_v4``; not in
+    the shipped recipe.)
 
     Words: every whole-word (no ``##``) alphabetic entry of the BERT vocabulary of 2+ letters, and
     the ``corpus_words`` most frequent lower-case alphabetic words of 3+ letters of the ``text/``

@@ -47,6 +47,9 @@ def _default_words_cache() -> str:
     return str(WORDS_CACHE_DIR)
 
 
+REPEATABLE = ("nli_file", "nli_pseudo", "pair_sources", "distill_sources")  # options given once per value
+
+
 @dataclass
 class TrainConfig:
     """One training run. Units: steps, tokens, sentences; learning rates are AdamW peak rates."""
@@ -141,10 +144,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stages, str):
             self.stages = parse_stages(self.stages)
-        self.nli_file = list(self.nli_file or [])
-        self.nli_pseudo = list(self.nli_pseudo or [])
-        self.pair_sources = list(self.pair_sources or [])
-        self.distill_sources = list(self.distill_sources or [])
+        for name in REPEATABLE:
+            setattr(self, name, list(getattr(self, name) or []))
         if self.nli_teacher is None:
             from model.teacher import NLI_TEACHER_DIR
 
@@ -176,7 +177,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
-            kwargs["default"] = f.default if f.name not in ("nli_file", "nli_pseudo", "pair_sources", "distill_sources") else []
+            kwargs["default"] = f.default if f.name not in REPEATABLE else []
         if "action" in meta:
             kwargs["action"] = meta.pop("action")
         if "action" not in kwargs:
