@@ -17,7 +17,6 @@ Writes OUT.json and OUT.md (one row per checkpoint). Training-only: needs the ``
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import sys
@@ -30,6 +29,7 @@ from scipy.stats import spearmanr
 
 from model.data import DataPaths, iter_text_sentences
 from model.teacher import DEFAULT_CACHE_DIR, TeacherCache
+from model.tokenizer import read_vocab
 
 
 def held_out_sets(paths: DataPaths, cache_dir: Path, trained_rows: int, n: int, words: int,
@@ -47,8 +47,7 @@ def held_out_sets(paths: DataPaths, cache_dir: Path, trained_rows: int, n: int, 
         if len(rows) < n:
             raise ValueError(f"{f.name}: only {len(rows)} held-out sentences (need {n})")
         sets[f.name.split(".")[0]] = rng.sample(rows, n)
-    with gzip.open(paths.bert_vocab, "rt", encoding="utf-8") as fh:
-        vocab = [w.strip() for w in fh if w.strip().isalpha() and len(w.strip()) > 3]
+    vocab = [w for w in read_vocab(paths.bert_vocab) if w.isalpha() and len(w) > 3]
     rng.shuffle(vocab)
     sets["words"] = vocab[:words]
     return sets

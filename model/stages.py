@@ -119,20 +119,19 @@ def distill_losses(ctx: StageContext, rng: random.Random) -> Losses:
     if cfg.distill_words:
         word_texts, word_target = ctx.words.sample(rng, cfg.distill_words)
         texts, target = texts + word_texts, torch.cat((target, word_target))
-    pair_sets = [(name, k, source) for name, k, source in (("pair", cfg.distill_pairs, ctx.teacher),
-                                                           ("word_pair", cfg.word_pairs, ctx.words)) if k]
-    for _, k, source in pair_sets:  # appended last: first sides, then second sides
-        pair_texts, pair_target = source.sample_pairs(rng, k)
-        texts, target = texts + pair_texts, torch.cat((target, pair_target))
+    pair_rows = []  # (loss name, first row, k): k first sides, then their k second sides
+    for name, k, source in (("pair", cfg.distill_pairs, ctx.teacher), ("word_pair", cfg.word_pairs, ctx.words)):
+        if k:
+            pair_texts, pair_target = source.sample_pairs(rng, k)
+            pair_rows.append((name, len(texts), k))
+            texts, target = texts + pair_texts, torch.cat((target, pair_target))
     student = ctx.embed(texts)
     out = {"distill": distill_cosine(ctx.aux["distill_proj"](student), target)}
     if cfg.relational_weight > 0:
         out["relational"] = cfg.relational_weight * similarity_matrix_mse(student, target)
-    end = len(texts)
-    for name, k, _ in reversed(pair_sets):
-        s, t = student[end - 2 * k : end], target[end - 2 * k : end]
+    for name, start, k in pair_rows:
+        s, t = student[start : start + 2 * k], target[start : start + 2 * k]
         out[name] = cfg.pair_weight * pair_cosine_mse(s[:k], s[k:], t[:k], t[k:])
-        end -= 2 * k
     return out
 
 

@@ -140,11 +140,11 @@ def word_corpus(paths: DataPaths, corpus_words: int = 30_000, min_count: int = 5
     times. Returns distinct strings.
     """
     import collections
-    import gzip
     import re
 
-    with gzip.open(paths.bert_vocab, "rt", encoding="utf-8") as f:
-        vocab = {w.strip() for w in f}
+    from model.tokenizer import read_vocab
+
+    vocab = set(read_vocab(paths.bert_vocab))
     words = {w for w in vocab if len(w) >= 2 and w.isascii() and w.isalpha()}
     counts: collections.Counter = collections.Counter()
     word = re.compile(r"[a-z]{3,}")
