@@ -110,6 +110,14 @@ TINY = ["--threads", "1", "--tokenizer", "bert", "--dim", "32", "--layers", "1",
         "--log-every", "10", "--save-every", "10", "--lr", "3e-3"]
 
 
+def tiny_encoder(**config) -> SentenceEncoder:
+    """A fresh model of TINY's shape over ``tiny_vocab()``; ``config`` sets other EncoderConfig fields."""
+    vocab = tiny_vocab()
+    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
+                        embedding_options={"mlp_hidden": 32}, nli_hidden=16, **config)
+    return SentenceEncoder(cfg, tokenizer_from_vocab(vocab))
+
+
 def run_train(data_dir: Path, out: Path, *extra: str, stage_table=stages.STAGES) -> None:
     train.main(["--data-dir", str(data_dir), "--out", str(out), *TINY, *extra], stages=stage_table)
 
@@ -181,10 +189,7 @@ def test_tiny_data_dir_is_what_the_readers_expect(data_dir):
 
 def test_contrastive_training_lowers_the_loss(data_dir, tmp_path):
     torch.manual_seed(0)
-    vocab = tiny_vocab()
-    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
-                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
-    init = SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval()
+    init = tiny_encoder().eval()
     init.save_pretrained(tmp_path / "init")
     before = fixed_batch_loss(init)
 
@@ -192,7 +197,7 @@ def test_contrastive_training_lowers_the_loss(data_dir, tmp_path):
     trained = SentenceEncoder.from_pretrained(tmp_path / "run" / "final")
     after = fixed_batch_loss(trained)
     assert after < before - 0.5, (before, after)
-    assert trained.config == cfg
+    assert trained.config == init.config
     dev = json.loads((tmp_path / "run" / "dev_scores.json").read_text())
     assert set(dev) == {"contrastive"} and math.isfinite(dev["contrastive"]["sts_dev_spearman"])
     assert (tmp_path / "run" / "after_0_contrastive" / "model.safetensors").is_file()
@@ -371,10 +376,7 @@ def relational_loss(model: SentenceEncoder, cache_dir: Path) -> float:
 
 def test_distillation_moves_the_students_cosines_towards_the_teachers(data_dir, teacher_cache, tmp_path):
     torch.manual_seed(0)
-    vocab = tiny_vocab()
-    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
-                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
-    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    tiny_encoder().eval().save_pretrained(tmp_path / "init")
     before = relational_loss(SentenceEncoder.from_pretrained(tmp_path / "init"), teacher_cache)
     run_train(data_dir, tmp_path / "run", "--init", str(tmp_path / "init"), "--stages", "distill:40",
               "--teacher-cache", str(teacher_cache), "--distill-batch", "16", "--lr-distill", "3e-3",
@@ -521,10 +523,7 @@ def test_distillation_with_gold_pairs_moves_their_cosines_to_the_targets(data_di
 
     # the targets: STS-B train's gold order on the (fake) teacher's cosines, read from the cache
     cfg = TrainConfig(data_dir=str(data_dir), out=str(tmp_path / "x"), teacher_cache=str(teacher_cache))
-    vocab = tiny_vocab()
-    enc = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
-                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
-    model = SentenceEncoder(enc, tokenizer_from_vocab(vocab))
+    model = tiny_encoder()
     ctx = StageContext(cfg, model, TrainData(cfg), teacher=stages.TeacherTargets(cfg))
     targets = gold_targets(ctx).numpy()
     gold = np.array([p.score for p in ctx.data.sts_train])
@@ -558,10 +557,7 @@ def test_genre_balanced_gold_sampling_draws_each_genre_equally_often():
 
 
 def test_training_from_a_checkpoint_keeps_its_nli_head_unless_told_otherwise(data_dir, tmp_path):
-    vocab = tiny_vocab()
-    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
-                        embedding_options={"mlp_hidden": 32}, nli_head="align", nli_hidden=16)  # as TINY
-    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    tiny_encoder(nli_head="align").eval().save_pretrained(tmp_path / "init")  # as TINY
     head = {k: v for k, v in weights(tmp_path / "init").items() if k.startswith("nli_head.")}
     run_train(data_dir, tmp_path / "kept", "--init", str(tmp_path / "init"), "--stages", "contrastive:2")
     kept = SentenceEncoder.from_pretrained(tmp_path / "kept" / "final")
@@ -604,10 +600,7 @@ def test_distillation_with_words_moves_the_words_cosines_towards_the_teachers(da
     TeacherCache.create(words_cache, words).fill(
         lambda texts: np.stack([cluster[t] / np.linalg.norm(cluster[t]) for t in texts]))
     torch.manual_seed(0)
-    vocab = tiny_vocab()
-    cfg = EncoderConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, ffn_dim=64,
-                        embedding_options={"mlp_hidden": 32}, nli_hidden=16)
-    SentenceEncoder(cfg, tokenizer_from_vocab(vocab)).eval().save_pretrained(tmp_path / "init")
+    tiny_encoder().eval().save_pretrained(tmp_path / "init")
     common = ("--init", str(tmp_path / "init"), "--stages", "distill:40", "--teacher-cache", str(teacher_cache),
               "--words-cache", str(words_cache), "--distill-batch", "8", "--lr-distill", "3e-3", "--log-every", "10")
     run_train(data_dir, tmp_path / "words_run", *common, "--distill-words", "16")
