@@ -75,14 +75,19 @@ COPY app ./app
 COPY model ./model
 COPY --from=export /export /tmp/export
 # What serving never imports goes too: the Hugging Face hub client (tokenizers' download helper;
-# Tokenizer.from_file needs none of it) and pip/setuptools.
+# Tokenizer.from_file needs none of it), ONNX Runtime's C-API library (35 MB; the Python module links
+# its own copy) and its Python tooling (transformers optimizer, quantization, tools), and
+# pip/setuptools; the build fails unless both graphs still load.
 RUN pip install --no-cache-dir --no-deps . \
  && ckpt=/opt/venv/lib/python3.11/site-packages/model/checkpoints/default \
  && rm -f "$ckpt/model.safetensors" \
- && cp /tmp/export/model.onnx /tmp/export/nli_head.onnx /tmp/export/onnx_export.json "$ckpt/" \
+ && cp /tmp/export/model.onnx /tmp/export/model_int8.onnx /tmp/export/nli_head.onnx /tmp/export/onnx_export.json "$ckpt/" \
  && rm -rf /tmp/export \
  && pip uninstall --yes huggingface-hub hf-xet fsspec tqdm filelock \
+ && ort=/opt/venv/lib/python3.11/site-packages/onnxruntime \
+ && rm -rf "$ort"/capi/libonnxruntime.so.* "$ort/transformers" "$ort/quantization" "$ort/tools" "$ort/datasets" \
  && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the slim image'; import app.main, app.onnx_runner, tokenizers" \
+ && python -c "import sys, onnxruntime as o; [o.InferenceSession(p) for p in sys.argv[1:]]" "$ckpt/model.onnx" "$ckpt/model_int8.onnx" \
  && pip uninstall --yes pip setuptools
 
 ############################ slim ############################

@@ -1,7 +1,10 @@
 """The ONNX Runtime backend of the model-runner seam (``PETE_BACKEND=onnx``): no torch.
 
 Serves a checkpoint directory holding config.json, tokenizer.json and the graphs ``pete-export``
-writes (``model.onnx``: the encoder; ``nli_head.onnx``: the NLI head; ``onnx_export.json``). The batch
+writes (``model.onnx``: the encoder; ``model_int8.onnx``: the encoder with int8 linear layers and
+per-row activation scales, ``model.onnx_int8``; ``nli_head.onnx``: the NLI head; ``onnx_export.json``).
+``PETE_QUANTIZE`` picks the encoder graph as for the torch backend: ``int8``, ``none`` (float32), or
+``auto``: int8 where it runs at least ``INT8_MIN_SPEEDUP`` times faster on probe batches at load. The batch
 is planned, chunked by length and assembled exactly as by the torch runner (``app.outputs``); the
 encoder runs on the padded grid of each chunk (its graph has no data-dependent shapes), which equals
 the torch backend's packed computation at the real tokens to float rounding. Rows never mix (masked
@@ -14,6 +17,7 @@ checks in a subprocess).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -24,8 +28,8 @@ from app.outputs import (BatchPlan, EmbedOutput, NliOutput, NonFiniteOutput, che
                          warmup_items)
 from app.runner import PassObserver, RunnerInfo
 from app.settings import Settings
-from model.config import (CHECKPOINT_FILES, CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME,
-                          EncoderConfig)
+from model.config import (CHECKPOINT_FILES, CONFIG_NAME, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX,
+                          QUANTIZATION_MODES, TOKENIZER_NAME, EncoderConfig, resolve_quantization_mode)
 from model.tokenizer import EncodedTexts, encode_texts
 
 
@@ -41,6 +45,31 @@ def pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return padded, mask
 
 
+def int8_speedup(fp32, int8, vocab_size: int, repeats: int = 3, seed: int = 0) -> float:
+    """Time of the float32 encoder session over the int8 one (best of ``repeats`` each), summed over
+    two probe batches of random token ids: a pair (2 x 16 tokens) and a full batch (32 x 32), the
+    shapes of one client's request and of a batch at saturation."""
+    rng = np.random.default_rng(seed)
+    probes = []
+    for rows, tokens in ((2, 16), (32, 32)):
+        ids = rng.integers(5, vocab_size, size=(rows, tokens), dtype=np.int64)
+        probes.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+    def best(session) -> float:
+        total = 0.0
+        for feeds in probes:
+            session.run(["sentence_embedding"], feeds)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                session.run(["sentence_embedding"], feeds)
+                times.append(time.perf_counter() - t)
+            total += min(times)
+        return total
+
+    return best(fp32) / best(int8)
+
+
 class OnnxRunner:
     """Computes batches of ``WorkItem``s with ONNX Runtime sessions of an exported checkpoint.
 
@@ -48,6 +77,9 @@ class OnnxRunner:
         model_path: the checkpoint directory (with the ``pete-export`` files).
         max_tokens, max_batch_size, max_batch_tokens: as ``app.inference.TorchRunner``.
         threads: ONNX Runtime intra-op threads (0: its default, one per core).
+        quantize: ``"none"`` (``model.onnx``), ``"int8"`` (``model_int8.onnx``) or ``"auto"`` (int8
+            when ``int8_speedup`` is at least ``INT8_MIN_SPEEDUP``; float32 when the export has no int8
+            graph), resolved at load; ``info().quantization`` says which.
         observe_pass: ``observe_pass(sequences, padded_tokens)`` after each encoder pass (metrics).
         max_padding: as ``TorchRunner`` (default ``DEFAULT_MAX_PADDING``).
     Not thread-safe (the tokenizer's truncation setting is shared): call from one thread only.
@@ -58,7 +90,9 @@ class OnnxRunner:
     DEFAULT_MAX_PADDING = 0.2
 
     def __init__(self, model_path: str | Path, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
-                 threads: int = 0, observe_pass: PassObserver | None = None, max_padding: float | None = None) -> None:
+                 threads: int = 0, quantize: str = "none", observe_pass: PassObserver | None = None,
+                 max_padding: float | None = None) -> None:
+        self.quantize, self.quantization = quantize, "none"
         self.max_padding = self.DEFAULT_MAX_PADDING if max_padding is None else max_padding
         self.model_path = Path(model_path)
         self.requested_max_tokens = max_tokens
@@ -69,16 +103,21 @@ class OnnxRunner:
     def from_settings(cls, settings: Settings, observe_pass: PassObserver | None = None) -> "OnnxRunner":
         """``RunnerFactory`` for ``PETE_BACKEND=onnx``: limits and threads from ``settings``."""
         return cls(settings.model_path, max_tokens=settings.max_tokens_per_text, max_batch_size=settings.max_batch_size,
-                   max_batch_tokens=settings.max_batch_tokens, threads=settings.torch_threads, observe_pass=observe_pass,
-                   max_padding=settings.max_padding)
+                   max_batch_tokens=settings.max_batch_tokens, threads=settings.torch_threads,
+                   quantize=settings.quantize, observe_pass=observe_pass, max_padding=settings.max_padding)
 
     def load(self) -> None:
-        """Read config.json, tokenizer.json and the export, and open the two sessions.
+        """Read config.json, tokenizer.json and the export, and open the encoder session (the graph
+        ``quantize`` resolves to) and the head's.
 
         Raises:
-            FileNotFoundError: a file is missing (the graphs: run ``pete-export`` on the checkpoint).
+            FileNotFoundError: a file is missing (the graphs: run ``pete-export`` on the checkpoint),
+                including ``model_int8.onnx`` when ``quantize`` is ``"int8"``.
             ImportError: ONNX Runtime is not installed (the ``onnx`` extra).
+            ValueError: ``quantize`` is not ``"none"``, ``"int8"`` or ``"auto"``.
         """
+        if self.quantize not in ("auto", *QUANTIZATION_MODES):
+            raise ValueError(f"unknown quantization {self.quantize!r}; choose from {QUANTIZATION_MODES + ('auto',)}")
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -101,7 +140,19 @@ class OnnxRunner:
         # No memory arena: the warm-up's worst-case batch would keep ~250 MB of it for good (RSS 395 vs
         # 145 MiB after the warm-up; the same run time per batch, measured on the bundled checkpoint).
         options.enable_cpu_mem_arena = False
-        self.encoder = ort.InferenceSession(str(d / ENCODER_ONNX), options, providers=["CPUExecutionProvider"])
+        def session(name: str):
+            return ort.InferenceSession(str(d / name), options, providers=["CPUExecutionProvider"])
+
+        self.encoder = session(ENCODER_ONNX)
+        int8_path = d / ENCODER_INT8_ONNX
+        if self.quantize == "int8" and not int8_path.is_file():
+            raise FileNotFoundError(f"{int8_path} not found (PETE_QUANTIZE=int8; run: pete-export {d})")
+        if self.quantize != "none" and int8_path.is_file():
+            int8 = session(ENCODER_INT8_ONNX)
+            self.quantization = resolve_quantization_mode(
+                self.quantize, lambda: int8_speedup(self.encoder, int8, self.config.vocab_size))
+            if self.quantization == "int8":
+                self.encoder = int8
         self.head = ort.InferenceSession(str(d / HEAD_ONNX), options, providers=["CPUExecutionProvider"])
         self.max_tokens = min(self.requested_max_tokens, self.config.max_len)
         self.separate = self.config.nli_head != "cross"
@@ -152,12 +203,13 @@ class OnnxRunner:
         return dict(self.export_info["parameter_counts"])
 
     def info(self) -> RunnerInfo:
-        """Facts about the loaded model; ``model_bytes``: the two graphs' file sizes (their weights)."""
-        nbytes = sum((self.model_path / n).stat().st_size for n in (ENCODER_ONNX, HEAD_ONNX))
+        """Facts about the loaded model; ``model_bytes``: the served graphs' file sizes (their weights)."""
+        encoder = ENCODER_INT8_ONNX if self.quantization == "int8" else ENCODER_ONNX
+        nbytes = sum((self.model_path / n).stat().st_size for n in (encoder, HEAD_ONNX))
         return RunnerInfo(embedding_kind=self.config.embedding, nli_head=self.config.nli_head,
                           dimensions=self.config.dim, max_tokens_per_text=self.max_tokens, model_bytes=nbytes,
                           materialized_embeddings=bool(self.export_info.get("materialized_embeddings")),
-                          quantization="none")
+                          quantization=self.quantization)
 
     def _encode(self, enc: EncodedTexts, record: bool,
                 keep_states: set[int] = frozenset()) -> tuple[np.ndarray, dict[int, np.ndarray]]:

@@ -38,9 +38,9 @@ class Settings(BaseSettings):
                            "no speed-up (the MLP runs once per distinct id of a batch) and ~75 MB more RSS.")
     backend: Literal["torch", "onnx"] = Field(
         "torch", description="`torch`: the PyTorch runner (app/inference.py). `onnx`: ONNX Runtime "
-                             "(app/onnx_runner.py; float32, no torch imported), serving the graphs "
-                             "`pete-export CHECKPOINT` writes beside the checkpoint; PETE_QUANTIZE and "
-                             "PETE_MATERIALIZE_EMBEDDINGS do not apply (the export holds the embedding table), "
+                             "(app/onnx_runner.py; no torch imported), serving the graphs `pete-export CHECKPOINT` "
+                             "writes beside the checkpoint; PETE_QUANTIZE picks its float32 or int8 encoder graph, "
+                             "PETE_MATERIALIZE_EMBEDDINGS does not apply (the export holds the embedding table), "
                              "PETE_TORCH_THREADS sets its intra-op threads.")
     quantize: Literal["auto", "none", "int8"] = Field(
         "auto", description="`int8`: the encoder's linear layers run as int8 (per-channel weights, "
@@ -50,7 +50,9 @@ class Settings(BaseSettings):
                             "dot-product instructions (AVX512-VNNI, AMX), many times slower on AVX2-only "
                             "ones. `none`: serve float32. `auto`: int8 where a start-up measurement on the "
                             "model's layer shape finds it faster (model.quantize.resolve_quantization), "
-                            "else float32; /info says which.")
+                            "else float32; /info says which. With PETE_BACKEND=onnx: the same scheme in "
+                            "pete-export's model_int8.onnx (model/onnx_int8.py), `auto` timing both graphs "
+                            "on probe batches at load.")
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default (one per core). 1 "
                              "measured best (bench/results/torch_threads: the event loop needs a core of its "

@@ -36,10 +36,12 @@ Scenarios (``--scenarios``):
                         ``SentenceEncoder``-shaped wrapper of the teacher;
 - ``pete_materialized`` PETE with the embedding table materialized once at load
                         (PETE_MATERIALIZE_EMBEDDINGS=true), against ``pete``'s computed-per-batch table;
-- ``pete_onnx``         PETE on ONNX Runtime (PETE_BACKEND=onnx, float32; the graphs are exported
+- ``pete_onnx``         PETE on ONNX Runtime (PETE_BACKEND=onnx; quantization auto, as for torch: the
+                        int8 graph ``model_int8.onnx`` where it measures faster; the graphs are exported
                         with ``pete-export`` into ``--out``/tmp/onnx_export first): no torch in the
                         serving process;
-- ``pete_onnx_2workers`` the same in two worker processes: what the slim image runs
+- ``pete_onnx_fp32``    the same with the float32 graph (PETE_QUANTIZE=none);
+- ``pete_onnx_2workers`` ``pete_onnx`` in two worker processes: what the slim image runs
                         (PETE_BACKEND=onnx, PETE_WORKERS=2);
 - ``pete_int8``         PETE with int8 linear layers whatever the CPU (PETE_QUANTIZE=int8; the default
                         ``auto`` takes int8 only where it measures faster);
@@ -79,9 +81,9 @@ from loadtest.prom import metric, scrape
 from loadtest.results import machine_info, write_json
 from loadtest.server import SERVICE_APP, ServerProcess
 from loadtest.stats import latency_ms
-from model.config import ENCODER_ONNX, EXPORT_INFO
+from model.config import ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, WEIGHTS_NAME
 
-ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_onnx_2workers", "pete_wait5ms",
+ALL_SCENARIOS = ("pete", "pete_fastapi_handlers", "pete_onnx", "pete_onnx_fp32", "pete_onnx_2workers", "pete_wait5ms",
                  "pete_torch_default", "pete_2workers", "pete_nobatch", "minilm",
                  "pete_materialized", "pete_fp32", "pete_int8", "minilm_fp32", "pete_baseline")
 ENDPOINTS = ("similarity", "nli")
@@ -109,8 +111,10 @@ SCENARIO_TABLE: dict[str, tuple[str, dict[str, str]]] = {
     "pete_materialized": ("PETE, embedding table materialized at load", {"PETE_MATERIALIZE_EMBEDDINGS": "true"}),
     "pete_fp32": ("PETE, float32 (no quantization)", {"PETE_QUANTIZE": "none"}),
     "pete_int8": ("PETE, int8 linear layers whatever the CPU (PETE_QUANTIZE=int8)", {"PETE_QUANTIZE": "int8"}),
-    "pete_onnx": ("PETE on ONNX Runtime (PETE_BACKEND=onnx: float32, no torch in the process; graphs from "
-                  "pete-export)", {"PETE_BACKEND": "onnx"}),
+    "pete_onnx": ("PETE on ONNX Runtime (PETE_BACKEND=onnx, quantization auto: the int8 graph where it measures "
+                  "faster; no torch in the process; graphs from pete-export)", {"PETE_BACKEND": "onnx"}),
+    "pete_onnx_fp32": ("PETE on ONNX Runtime, float32 graph (PETE_QUANTIZE=none)",
+                       {"PETE_BACKEND": "onnx", "PETE_QUANTIZE": "none"}),
     "pete_onnx_2workers": ("PETE on ONNX Runtime in two worker processes: the slim image's configuration "
                            "(PETE_BACKEND=onnx, PETE_WORKERS=2)", {"PETE_BACKEND": "onnx", "PETE_WORKERS": "2"}),
     "pete_baseline": ("PETE checkpoint {baseline}, service defaults", {}),
@@ -139,8 +143,12 @@ def create_app_fastapi_handlers():
 
 
 def onnx_export(model: Path, export_dir: Path) -> Path:
-    """``pete-export`` of ``model`` into ``export_dir`` (done once: reused when present)."""
-    if not (export_dir / EXPORT_INFO).is_file():
+    """``pete-export`` of ``model`` into ``export_dir`` (done once: reused while every graph of the
+    current export is there and newer than the checkpoint's weights)."""
+    files = [export_dir / n for n in (ENCODER_ONNX, ENCODER_INT8_ONNX, HEAD_ONNX, EXPORT_INFO)]
+    weights = model / WEIGHTS_NAME
+    stamp = weights.stat().st_mtime if weights.is_file() else 0.0
+    if not all(f.is_file() and f.stat().st_mtime >= stamp for f in files):
         from model.export import export_onnx
 
         export_onnx(model, export_dir)
@@ -390,7 +398,8 @@ def probe_agreement(scenarios: dict[str, dict]) -> list[dict[str, Any]]:
     ~1e-2 for float32 vs int8)."""
     rows = []
     for ref_name, name in (("pete", "pete_nobatch"), ("pete", "pete_materialized"), ("pete", "pete_fp32"),
-                           ("pete", "pete_int8"), ("pete_fp32", "pete_onnx"), ("pete_onnx", "pete_onnx_2workers")):
+                           ("pete", "pete_int8"), ("pete_fp32", "pete_onnx_fp32"), ("pete_onnx_fp32", "pete_onnx"),
+                           ("pete_int8", "pete_onnx"), ("pete_onnx", "pete_onnx_2workers")):
         ref, other = scenarios.get(ref_name), scenarios.get(name)
         if ref and other and ref.get("probe_scores") and other.get("probe_scores"):
             diff = max(abs(a - b) for a, b in zip(ref["probe_scores"], other["probe_scores"]))

@@ -4,14 +4,33 @@ it, with no torch (the ONNX Runtime backend serves a checkpoint without importin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 # What ``pete-export`` (model/export.py) writes beside them for the ONNX Runtime backend.
 ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"
+# The encoder graph with int8 linear layers (model/onnx_int8.py), served when PETE_QUANTIZE picks int8.
+ENCODER_INT8_ONNX = "model_int8.onnx"
 # The files each backend (``PETE_BACKEND``) reads from a checkpoint directory.
 CHECKPOINT_FILES = {"torch": (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME),
                     "onnx": (CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO)}
+
+QUANTIZATION_MODES = ("none", "int8")
+# ``"auto"`` (``resolve_quantization_mode``): int8 where this CPU runs it at least this much faster.
+INT8_MIN_SPEEDUP = 1.1
+
+
+def resolve_quantization_mode(mode: str, speedup: Callable[[], float]) -> str:
+    """The quantization to serve for a setting of ``mode`` (``PETE_QUANTIZE``), for both backends:
+    ``"auto"`` becomes ``"int8"`` when ``speedup()`` (float32 time over int8 time, measured by the
+    caller) is at least ``INT8_MIN_SPEEDUP``, else ``"none"``; ``"none"`` and ``"int8"`` stay as they
+    are (``speedup`` is not called). Raises ValueError for another ``mode``."""
+    if mode == "auto":
+        return "int8" if speedup() >= INT8_MIN_SPEEDUP else "none"
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES + ('auto',)}")
+    return mode
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """``pete-export``: a checkpoint as ONNX graphs, for the ONNX Runtime backend (``PETE_BACKEND=onnx``).
 
-    pete-export model/checkpoints/default            # writes model.onnx and nli_head.onnx beside it
+    pete-export model/checkpoints/default            # writes model.onnx, model_int8.onnx, nli_head.onnx beside it
     pete-export CHECKPOINT --out DIR                  # elsewhere (config.json and tokenizer.json copied)
 
-Two graphs (torch.onnx, dynamic batch and sequence axes, float32):
+Three graphs (torch.onnx, dynamic batch and sequence axes; float32 but for the int8 one):
 
 - ``model.onnx``, the encoder: ``input_ids`` (B, T) int64 and ``attention_mask`` (B, T) int64 (1 =
   real token) -> ``sentence_embedding`` (B, d), the masked mean of ``token_states`` (B, T, d). The
@@ -11,7 +11,11 @@ Two graphs (torch.onnx, dynamic batch and sequence axes, float32):
   exporting the materialized (V, d) table made it 38 MB for a 3 % faster pass), and the encoder
   computes the padded grid (``Encoder.forward_padded``: no data-dependent shapes); results at real
   tokens equal the torch backend's to float rounding (1e-6 on the bundled checkpoint).
-- ``onnx_export.json``: the checkpoint's parameter counts (what /info reports) and the opset.
+- ``model_int8.onnx``: the same encoder with the transformer blocks' linear layers as int8, per-row
+  activation scales (``model.onnx_int8``: batch-invariant, the torch int8 model's answers to float
+  rounding); the runner serves it when ``PETE_QUANTIZE`` is ``int8``, or ``auto`` and it measures faster.
+- ``onnx_export.json``: the checkpoint's parameter counts (what /info reports), the opset and the
+  number of int8 layers.
 - ``nli_head.onnx``, the checkpoint's NLI head: ``align``: premise states ``a`` (B, Ta, d),
   ``mask_a`` (B, Ta) int64, hypothesis ``b``, ``mask_b`` -> ``logits`` (B, 3); ``pair``: ``u``, ``v``
   (B, d) -> ``logits``; ``cross``: ``pooled`` (B, d) -> ``logits``.
@@ -32,8 +36,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.config import CONFIG_NAME, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME
+from model.config import CONFIG_NAME, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME
 from model.encoder import SentenceEncoder, mean_pool
+from model.onnx_int8 import quantize_encoder_graph
 
 OPSET = 18
 
@@ -77,7 +82,7 @@ def _quiet_export(module, args, path, names, outputs, dynamic) -> None:
 
 @torch.no_grad()
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Write ``model.onnx``, ``nli_head.onnx`` and ``onnx_export.json`` for a ``save_pretrained`` checkpoint into ``out``
+    """Write ``model.onnx``, ``model_int8.onnx``, ``nli_head.onnx`` and ``onnx_export.json`` for a ``save_pretrained`` checkpoint into ``out``
     (default: the checkpoint directory; elsewhere, config.json and tokenizer.json are copied too).
     Returns the paths written.
 
@@ -95,6 +100,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None) -> list[P
     _export(EncoderGraph(model).eval(), (ids, mask), out / ENCODER_ONNX, ["input_ids", "attention_mask"],
             ["sentence_embedding", "token_states"],
             {"input_ids": seq, "attention_mask": seq, "sentence_embedding": {0: "batch"}, "token_states": seq})
+    int8_layers = quantize_encoder_graph(out / ENCODER_ONNX, out / ENCODER_INT8_ONNX)
     head = model.nli_head.eval()
     if kind == "align":
         a, b = torch.randn(2, 4, d), torch.randn(2, 3, d)
@@ -112,9 +118,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None) -> list[P
         for name in (CONFIG_NAME, TOKENIZER_NAME):
             shutil.copyfile(checkpoint / name, out / name)
     info = {"parameter_counts": model.parameter_counts(), "opset": OPSET, "torch": torch.__version__,
-            "materialized_embeddings": False}
+            "materialized_embeddings": False, "int8_layers": int8_layers}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return [out / ENCODER_ONNX, out / HEAD_ONNX, out / EXPORT_INFO]
+    return [out / ENCODER_ONNX, out / ENCODER_INT8_ONNX, out / HEAD_ONNX, out / EXPORT_INFO]
 
 
 def main(argv: list[str] | None = None) -> int:

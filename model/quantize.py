@@ -23,10 +23,12 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from model.config import INT8_MIN_SPEEDUP, QUANTIZATION_MODES, resolve_quantization_mode
+
+__all__ = ["INT8_MIN_SPEEDUP", "QUANTIZATION_MODES", "Int8Linear", "apply_quantization", "int8_speedup",
+           "is_quantized", "quantize_linear_int8", "resolve_quantization", "weight_tensors"]
+
 _QMAX = 127.0
-QUANTIZATION_MODES = ("none", "int8")
-# ``"auto"`` (``resolve_quantization``): int8 where this CPU runs it at least this much faster.
-INT8_MIN_SPEEDUP = 1.1
 
 
 class Int8Linear(nn.Module):
@@ -115,12 +117,8 @@ def resolve_quantization(mode: str, in_features: int, out_features: int,
     """The quantization to apply for a setting of ``mode``: ``"auto"`` becomes ``"int8"`` when
     ``speedup(in_features, out_features)`` (default: measured, ``int8_speedup``) at the model's
     feed-forward shape is at least ``INT8_MIN_SPEEDUP``, else ``"none"``; ``"none"`` and ``"int8"``
-    stay as they are. Raises ValueError for another ``mode``."""
-    if mode == "auto":
-        return "int8" if speedup(in_features, out_features) >= INT8_MIN_SPEEDUP else "none"
-    if mode not in QUANTIZATION_MODES:
-        raise ValueError(f"unknown quantization {mode!r}; choose from {QUANTIZATION_MODES + ('auto',)}")
-    return mode
+    stay as they are (``model.config.resolve_quantization_mode``). Raises ValueError for another ``mode``."""
+    return resolve_quantization_mode(mode, lambda: speedup(in_features, out_features))
 
 
 def is_quantized(module: nn.Module) -> bool:

@@ -96,7 +96,7 @@ def test_image_report_is_what_make_image_measured():
     assert report["engine"] in ("docker", "podman") and report["size_bytes"] > 100_000_000
 
 
-def test_slim_image_answers_like_float32_torch_without_torch(slim_engine):
+def test_slim_image_answers_like_torch_without_torch(slim_engine):
     from app.inference import TorchRunner
     from app.outputs import cosine
     from app.batching import WorkItem
@@ -109,14 +109,16 @@ def test_slim_image_answers_like_float32_torch_without_torch(slim_engine):
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, why=lambda: sh(slim_engine, "logs", name, check=False).stderr[-2000:])
         info = httpx.get(f"{url}/info", timeout=10).json()
-        assert (info["quantization"], info["nli_head"]) == ("none", "align")
+        # PETE_QUANTIZE=auto: the int8 graph where this CPU runs it faster, else float32
+        assert info["quantization"] in ("none", "int8") and info["nli_head"] == "align"
         got = httpx.post(f"{url}/similarity", json=SIM, timeout=30).json()["scores"]
         runner = TorchRunner(ROOT / "model" / "checkpoints" / "default", max_tokens=128, max_batch_size=32,
-                             max_batch_tokens=2048, quantize="none", threads=1)
+                             max_batch_tokens=2048, quantize=info["quantization"], threads=1)
         runner.load()
         outs = runner([WorkItem("embed", t) for p in SIM["pairs"] for t in (p["text_a"], p["text_b"])])
         want = [cosine(outs[2 * i].vector, outs[2 * i + 1].vector) for i in range(len(SIM["pairs"]))]
-        assert got == pytest.approx(want, abs=1e-4)
+        # float32: the same computation; int8: the same scheme, within a fraction of its noise (test_onnx_backend)
+        assert got == pytest.approx(want, abs=1e-4 if info["quantization"] == "none" else 0.01)
         assert httpx.post(f"{url}/nli", json=NLI, timeout=30).json()["results"][0]["label"] == "contradiction"
         no_torch = sh(slim_engine, "exec", name, "python", "-c", "import torch", check=False)
         assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
