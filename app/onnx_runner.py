@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -82,6 +82,8 @@ class OnnxRunner:
             graph), resolved at load; ``info().quantization`` says which.
         observe_pass: ``observe_pass(sequences, padded_tokens)`` after each encoder pass (metrics).
         max_padding: as ``TorchRunner`` (default ``DEFAULT_MAX_PADDING``).
+        speedup: ``speedup(float32 session, int8 session, vocab_size)`` -> float32 time over int8 time,
+            for ``quantize="auto"`` (default ``int8_speedup``, measured).
     Not thread-safe (the tokenizer's truncation setting is shared): call from one thread only.
     """
 
@@ -91,8 +93,9 @@ class OnnxRunner:
 
     def __init__(self, model_path: str | Path, *, max_tokens: int, max_batch_size: int, max_batch_tokens: int,
                  threads: int = 0, quantize: str = "none", observe_pass: PassObserver | None = None,
-                 max_padding: float | None = None) -> None:
+                 max_padding: float | None = None, speedup: Callable[[Any, Any, int], float] | None = None) -> None:
         self.quantize, self.quantization = quantize, "none"
+        self.speedup = speedup or int8_speedup
         self.max_padding = self.DEFAULT_MAX_PADDING if max_padding is None else max_padding
         self.model_path = Path(model_path)
         self.requested_max_tokens = max_tokens
@@ -152,7 +155,7 @@ class OnnxRunner:
             if not int8_path.is_file():
                 return 0.0  # an export made before the int8 graph existed: float32
             int8 = session(ENCODER_INT8_ONNX)
-            return int8_speedup(self.encoder, int8, self.config.vocab_size)
+            return self.speedup(self.encoder, int8, self.config.vocab_size)
 
         self.quantization = resolve_quantization_mode(self.quantize, speedup)
         if self.quantization == "int8":

@@ -142,16 +142,17 @@ def create_app_fastapi_handlers():
     return create_app(lean_handlers=False)
 
 
-def onnx_export(model: Path, export_dir: Path) -> Path:
+def onnx_export(model: Path, export_dir: Path, export: Callable[[Path, Path], Any] | None = None) -> Path:
     """``pete-export`` of ``model`` into ``export_dir`` (done once: reused while every graph of the
-    current export is there and newer than the checkpoint's weights)."""
+    current export is there and newer than the checkpoint's weights). ``export(model, export_dir)``
+    makes it (default ``model.export.export_onnx``, which needs torch)."""
     files = [export_dir / n for n in (ENCODER_ONNX, ENCODER_INT8_ONNX, HEAD_ONNX, EXPORT_INFO)]
     weights = model / WEIGHTS_NAME
     stamp = weights.stat().st_mtime if weights.is_file() else 0.0
     if not all(f.is_file() and f.stat().st_mtime >= stamp for f in files):
-        from model.export import export_onnx
-
-        export_onnx(model, export_dir)
+        if export is None:
+            from model.export import export_onnx as export
+        export(model, export_dir)
     return export_dir
 
 

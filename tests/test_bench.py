@@ -160,20 +160,19 @@ def test_the_baseline_scenario_serves_the_other_checkpoint():
     assert [s.env["PETE_MODEL_PATH"] for s in sc] == ["new", "old"]
 
 
-def test_the_slim_image_configuration_is_a_scenario_serving_one_onnx_export(tmp_path, monkeypatch):
-    import model.export
-    from bench.serving import build_scenarios
+def test_the_slim_image_configuration_is_a_scenario_serving_one_onnx_export(tmp_path):
+    from bench.serving import build_scenarios, onnx_export
     from model.config import ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX
 
     exports = []
-    monkeypatch.setattr(model.export, "export_onnx", lambda ckpt, out: exports.append((ckpt, out)))
     for name in (ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO):  # an export made before the int8 graph existed
         (tmp_path / name).write_text("{}")
-    build_scenarios(["pete_onnx"], "new", 1, {}, export_dir=tmp_path)
+    onnx_export(Path("new"), tmp_path, export=lambda ckpt, out: exports.append((ckpt, out)))
     assert exports == [(Path("new"), tmp_path)]  # is redone
     (tmp_path / ENCODER_INT8_ONNX).write_text("{}")  # a complete export already there is reused, not redone
-    sc = build_scenarios(["pete_onnx", "pete_onnx_2workers"], "new", 1, {}, export_dir=tmp_path)
+    onnx_export(Path("new"), tmp_path, export=lambda ckpt, out: exports.append((ckpt, out)))
     assert len(exports) == 1
+    sc = build_scenarios(["pete_onnx", "pete_onnx_2workers"], "new", 1, {}, export_dir=tmp_path)
     assert [s.env["PETE_MODEL_PATH"] for s in sc] == [str(tmp_path)] * 2
     assert sc[1].env["PETE_BACKEND"] == "onnx" and sc[1].env["PETE_WORKERS"] == "2"
     dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
