@@ -29,7 +29,7 @@ from app.outputs import (BatchPlan, EmbedOutput, NliOutput, NonFiniteOutput, che
 from app.runner import PassObserver, RunnerInfo
 from app.settings import Settings
 from model.config import (CHECKPOINT_FILES, CONFIG_NAME, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX,
-                          TOKENIZER_NAME, EncoderConfig, resolve_quantization_mode)
+                          INT8_WEIGHT_BITS, TOKENIZER_NAME, EncoderConfig, resolve_quantization_mode)
 from model.tokenizer import EncodedTexts, encode_texts
 
 
@@ -115,7 +115,9 @@ class OnnxRunner:
 
         Raises:
             FileNotFoundError: a file is missing (the graphs: run ``pete-export`` on the checkpoint),
-                including ``model_int8.onnx`` when ``quantize`` is ``"int8"``.
+                including ``model_int8.onnx`` when ``quantize`` is ``"int8"``, or it is from an older
+                ``pete-export`` (``onnx_export.json`` without 7 ``int8_weight_bits``); ``"auto"`` then
+                serves float32.
             ImportError: ONNX Runtime is not installed (the ``onnx`` extra).
             ValueError: ``quantize`` is not ``"none"``, ``"int8"`` or ``"auto"``.
         """
@@ -148,12 +150,17 @@ class OnnxRunner:
         int8_path = d / ENCODER_INT8_ONNX
         if self.quantize == "int8" and not int8_path.is_file():
             raise FileNotFoundError(f"{int8_path} not found (PETE_QUANTIZE=int8; run: pete-export {d})")
+        # An int8 graph from before 7-bit weights overflows on CPUs without VNNI: not served.
+        int8_current = self.export_info.get("int8_weight_bits") == INT8_WEIGHT_BITS
+        if self.quantize == "int8" and not int8_current:
+            raise FileNotFoundError(f"{int8_path} is from an older pete-export (8-bit weights: wrong answers on "
+                                    f"CPUs without VNNI); run: pete-export {d}")
         self.encoder, int8 = session(ENCODER_ONNX), None
 
         def speedup() -> float:  # auto only
             nonlocal int8
-            if not int8_path.is_file():
-                return 0.0  # an export made before the int8 graph existed: float32
+            if not (int8_path.is_file() and int8_current):
+                return 0.0  # an export without the (current) int8 graph: float32
             int8 = session(ENCODER_INT8_ONNX)
             return self.speedup(self.encoder, int8, self.config.vocab_size)
 

@@ -149,7 +149,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"\nBatch invariance of the ONNX int8 graph: 32 STS-B test pairs alone vs in one batch, max |score "
             f"difference| {r['batch_invariance_max_abs_diff']:.1e}.\n\n"
             "## Compute time, 1 thread (best of rounds x repeats, runners alternating)\n\n" + speed +
-            f"\n{m.get('cpu')} ({m.get('cpu_count')} CPUs), `{r['command']}`.\n")
+            f"\n{m.get('cpu')} ({m.get('cpu_count')} CPUs; int8 instructions: {m.get('cpu_int8', 'not recorded')}), "
+            f"`{r['command']}`.\n\n"
+            "The ONNX int8 graph has 7-bit weights (model/onnx_int8.py: ONNX Runtime's uint8 x int8 kernel "
+            "overflows int16 with 8-bit weights on CPUs without VNNI); torch int8 keeps 8 bits. Without VNNI, "
+            "torch's `_int_mm` takes a slow path, which `PETE_QUANTIZE=auto` measures at load and avoids.\n")
 
 
 if __name__ == "__main__":

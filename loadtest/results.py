@@ -12,17 +12,25 @@ from typing import Any
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and count, load average, Python/torch versions: what a reader needs to compare runs."""
-    cpu = platform.processor() or ""
+    """CPU model and count, its int8 instructions, load average, Python/torch versions: what a reader
+    needs to compare runs. ``cpu_int8``: ``"AVX512-VNNI"``, ``"AVX-VNNI"``, ``"AVX2, no VNNI"`` or
+    ``None`` (not read): int8 kernels' speed, and ONNX Runtime's uint8 x int8 overflow (model.onnx_int8),
+    depend on it."""
+    cpu, model, flags = platform.processor() or "", None, None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("model name") and model is None:
+                cpu = model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-                            "platform": platform.platform()}
+    int8 = None
+    if flags is not None:
+        int8 = ("AVX512-VNNI" if "avx512_vnni" in flags else "AVX-VNNI" if "avx_vnni" in flags
+                else "AVX2, no VNNI" if "avx2" in flags else "no AVX2")
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "cpu_int8": int8,
+                            "python": sys.version.split()[0], "platform": platform.platform()}
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:

@@ -12,6 +12,10 @@ CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", 
 ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO = "model.onnx", "nli_head.onnx", "onnx_export.json"
 # The encoder graph with int8 linear layers (model/onnx_int8.py), served when PETE_QUANTIZE picks int8.
 ENCODER_INT8_ONNX = "model_int8.onnx"
+# Its weights' bits (7: no int16 overflow in ONNX Runtime's uint8 x int8 kernel on CPUs without VNNI,
+# model/onnx_int8.py); ``pete-export`` records it in onnx_export.json, and the ONNX runner serves no
+# int8 graph from an export that lacks it (an older 8-bit one, wrong on such CPUs).
+INT8_WEIGHT_BITS = 7
 # The files each backend (``PETE_BACKEND``) reads from a checkpoint directory.
 CHECKPOINT_FILES = {"torch": (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME),
                     "onnx": (CONFIG_NAME, TOKENIZER_NAME, ENCODER_ONNX, HEAD_ONNX, EXPORT_INFO)}

@@ -12,10 +12,10 @@ Three graphs (torch.onnx, dynamic batch and sequence axes; float32 but for the i
   computes the padded grid (``Encoder.forward_padded``: no data-dependent shapes); results at real
   tokens equal the torch backend's to float rounding (1e-6 on the bundled checkpoint).
 - ``model_int8.onnx``: the same encoder with the transformer blocks' linear layers as int8, per-row
-  activation scales (``model.onnx_int8``: batch-invariant, the torch int8 model's answers to float
-  rounding); the runner serves it when ``PETE_QUANTIZE`` is ``int8``, or ``auto`` and it measures faster.
-- ``onnx_export.json``: the checkpoint's parameter counts (what /info reports), the opset and the
-  number of int8 layers.
+  activation scales and 7-bit weights (``model.onnx_int8``: batch-invariant, the torch int8 model's
+  answers to within the coarser weights, exact integer sums on every x86 CPU); the runner serves it when ``PETE_QUANTIZE`` is ``int8``, or ``auto`` and it measures faster.
+- ``onnx_export.json``: the checkpoint's parameter counts (what /info reports), the opset, the
+  number of int8 layers and their weights' bits.
 - ``nli_head.onnx``, the checkpoint's NLI head: ``align``: premise states ``a`` (B, Ta, d),
   ``mask_a`` (B, Ta) int64, hypothesis ``b``, ``mask_b`` -> ``logits`` (B, 3); ``pair``: ``u``, ``v``
   (B, d) -> ``logits``; ``cross``: ``pooled`` (B, d) -> ``logits``.
@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.config import CONFIG_NAME, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, TOKENIZER_NAME
+from model.config import (CONFIG_NAME, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_INFO, HEAD_ONNX, INT8_WEIGHT_BITS,
+                          TOKENIZER_NAME)
 from model.encoder import SentenceEncoder, mean_pool
 from model.onnx_int8 import quantize_encoder_graph
 
@@ -118,7 +119,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None) -> list[P
         for name in (CONFIG_NAME, TOKENIZER_NAME):
             shutil.copyfile(checkpoint / name, out / name)
     info = {"parameter_counts": model.parameter_counts(), "opset": OPSET, "torch": torch.__version__,
-            "materialized_embeddings": False, "int8_layers": int8_layers}
+            "materialized_embeddings": False, "int8_layers": int8_layers,
+            "int8_weight_bits": INT8_WEIGHT_BITS}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return [out / ENCODER_ONNX, out / ENCODER_INT8_ONNX, out / HEAD_ONNX, out / EXPORT_INFO]
 

@@ -9,11 +9,20 @@ its outlier decomposition; SmoothQuant's W8A8 per-token, Xiao et al. 2023):
     q_x = round(x / s_x) + 128                            uint8 (zero point 128)
     y   = float(MatMulInteger(q_x, q_W, 128)) * s_x * s_W + b
 
-with ``q_W`` (in, out) int8 and ``s_W`` (out,) the per-output-channel weight scales (absmax / 127),
-computed exactly as ``Int8Linear`` computes them, so the int8 ONNX graph answers like the torch
-int8 model to float rounding. The activations go in as uint8 with zero point 128 because ONNX
-Runtime's CPU kernels are fast for uint8 x int8 and slow for int8 x int8 (measured on the bundled
-checkpoint, one pair, 1 thread, AMD EPYC: float32 2.2 ms, u8 x s8 1.4 ms, s8 x s8 8.7 ms).
+with ``q_W`` (in, out) int8 and ``s_W`` (out,) the per-output-channel weight scales: absmax / 63,
+i.e. 7-bit weights (``Int8Linear`` takes absmax / 127), so the int8 ONNX graph answers like the
+torch int8 model to within the weights' coarser rounding. The activations go in as uint8 with zero
+point 128 because ONNX Runtime's CPU kernels are fast for uint8 x int8 and slow for int8 x int8
+(measured on the bundled checkpoint, one pair, 1 thread, AMD EPYC: float32 2.2 ms, u8 x s8 1.4 ms,
+s8 x s8 8.7 ms).
+
+Why 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime's uint8 x
+int8 kernel (``vpmaddubsw``) adds pairs of products in int16 and saturates: 255 x 127 x 2 = 64,770
+> 32,767, and a layer's result is silently wrong (measured on an AVX2 AMD EPYC with ONNX Runtime
+1.32: 99 % of a random u8 x s8 product's entries off, bundled checkpoint's scores off by up to
+0.013 against torch int8). With |q_W| <= 63, 255 x 63 x 2 = 32,130 fits, on every CPU; this is ONNX
+Runtime's own ``reduce_range`` advice for U8S8 on such CPUs. The cost in accuracy is in
+``bench/results/onnx/int8.md``.
 
 Why not ``onnxruntime.quantization.quantize_dynamic``: its ``DynamicQuantizeLinear`` takes one
 activation scale per *tensor*, i.e. per batch, so a sentence's vector would depend on what it was
@@ -28,16 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-QMAX = 127.0
+from model.config import INT8_WEIGHT_BITS
+
+QMAX = 127.0  # activations: int8 range, per row
+QMAX_WEIGHT = float(2 ** (INT8_WEIGHT_BITS - 1) - 1)  # 63: no pair of u8 x s8 products overflows int16 (docstring)
 ZERO_POINT = 128
 _EPS = 1e-12
 
 
 def _weight_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(out, in) float32 weights -> (q (in, out) int8, per-output-channel scales (out,) float32),
-    symmetric absmax / 127 as ``model.quantize.Int8Linear``."""
+    """(out, in) float32 weights -> (q (in, out) int8 within [-63, 63], per-output-channel scales
+    (out,) float32): symmetric absmax / 63 (``model.quantize.Int8Linear``'s scheme at 7 bits)."""
     w = w.astype(np.float32)
-    scale = (np.maximum(np.abs(w).max(axis=1), _EPS) / np.float32(QMAX)).astype(np.float32)
+    scale = (np.maximum(np.abs(w).max(axis=1), _EPS) / np.float32(QMAX_WEIGHT)).astype(np.float32)
     q = np.round(w / scale[:, None]).astype(np.int8)
     return np.ascontiguousarray(q.T), scale
 

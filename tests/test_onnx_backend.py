@@ -81,14 +81,39 @@ def test_onnx_int8_answers_like_torch_int8_and_near_float32(bundled_onnx):
     n = len(BUILTIN_PAIRS)
     scores = {name: np.array([cosine(out[2 * i].vector, out[2 * i + 1].vector) for i in range(n)])
               for name, out in (("torch_int8", t8), ("onnx_int8", o8), ("onnx_fp32", o32))}
-    # The same scheme as torch's Int8Linear; float rounding upstream flips the odd activation's
-    # rounding, so the two int8 models differ by a fraction of the quantization noise itself
-    # (bundled checkpoint: scores 0.004 apart; STS-B test 79.73 onnx int8, 79.74 torch int8, 79.80 fp32).
+    # The scheme of torch's Int8Linear with 7-bit weights (model.onnx_int8): the two int8 models differ
+    # by about the quantization noise itself (bundled checkpoint: scores 0.006 apart, NLI probabilities
+    # 0.028; each int8 model is 0.009-0.012 and 0.033-0.034 from float32).
     np.testing.assert_allclose(scores["onnx_int8"], scores["torch_int8"], atol=0.01, rtol=0)
     delta = np.abs(scores["onnx_int8"] - scores["onnx_fp32"])
     assert 1e-6 < delta.max() < 0.03  # quantized (not the float32 graph again), and close to it
-    for a, b in zip(t8[2 * n:], o8[2 * n:]):
-        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.02, rtol=0)
+    for a, b, c in zip(t8[2 * n:], o8[2 * n:], o32[2 * n:]):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.04, rtol=0)
+        np.testing.assert_allclose(b.probabilities, c.probabilities, atol=0.05, rtol=0)
+
+
+def test_int8_graph_weights_fit_the_u8s8_kernel_without_overflow(bundled_onnx):
+    """ONNX Runtime's uint8 x int8 kernel on CPUs without VNNI adds two products in int16: with
+    activations up to 255, weights must stay within 63 (255 x 63 x 2 < 32,768) or sums saturate.
+    The exported graph's weights are checked, and a product at the limits is computed exactly here."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx.load(str(bundled_onnx / "model_int8.onnx")).graph
+    int8_weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == TensorProto.INT8]
+    assert len(int8_weights) == 8 and max(int(np.abs(w).max()) for w in int8_weights) == 63
+    assert json.loads((bundled_onnx / "onnx_export.json").read_text())["int8_weight_bits"] == 7
+    w = np.full((256, 8), 63, np.int8)  # the largest weights, both signs: each pair of products at +-32,130
+    w[:, ::2] = -63
+    x = np.stack([np.full(256, 255), np.zeros(256), np.random.default_rng(0).integers(0, 256, 256)]).astype(np.uint8)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w", "z"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 8])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.uint8), "z")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, (x.astype(np.int64) - 128) @ w.astype(np.int64))
 
 
 def test_pete_quantize_picks_the_onnx_graph(bundled_onnx, tmp_path):
@@ -116,6 +141,16 @@ def test_pete_quantize_picks_the_onnx_graph(bundled_onnx, tmp_path):
         OnnxRunner(old, threads=1, quantize="int8", **LIMITS).load()
     with pytest.raises(ValueError, match="unknown quantization"):
         OnnxRunner(old, threads=1, quantize="int4", **LIMITS).load()
+    # an int8 graph from before 7-bit weights (onnx_export.json without int8_weight_bits): the same
+    (old / "model_int8.onnx").write_bytes((bundled_onnx / "model_int8.onnx").read_bytes())
+    info = json.loads((old / "onnx_export.json").read_text())
+    del info["int8_weight_bits"]
+    (old / "onnx_export.json").write_text(json.dumps(info))
+    runner = OnnxRunner(old, threads=1, quantize="auto", speedup=lambda *a: 3.0, **LIMITS)
+    runner.load()
+    assert runner.info().quantization == "none"
+    with pytest.raises(FileNotFoundError, match="older pete-export.*run: pete-export"):
+        OnnxRunner(old, threads=1, quantize="int8", **LIMITS).load()
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "onnx_int8"])
