@@ -90,19 +90,41 @@ RUN pip install --no-cache-dir --no-deps . \
  && python -c "import sys, onnxruntime as o; [o.InferenceSession(p) for p in sys.argv[1:]]" "$ckpt/model.onnx" "$ckpt/model_int8.onnx" \
  && pip uninstall --yes pip setuptools
 
+############################ slim base: the Python base, pruned ############################
+# What a server never reads goes: manuals, documentation, message translations, the standard
+# library's test suite, IDLE, tkinter, lib2to3 and ensurepip, the base's own pip/setuptools/wheel
+# (the venv needs none). The slim stage copies what is left as one layer (files deleted in a later
+# layer would still count in the image).
+FROM python:3.11-slim AS slim-base
+
+# hadolint ignore=DL3027
+RUN groupadd --system --gid 10001 pete \
+ && useradd --system --uid 10001 --gid pete --home-dir /home/pete --create-home --shell /usr/sbin/nologin pete \
+ && if dpkg-query --show python3-pip >/dev/null 2>&1; then \
+        apt-get purge --yes --auto-remove python3-pip python3-setuptools python3-wheel; \
+    else python -m pip uninstall --yes pip setuptools wheel; fi \
+ && rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/python-wheels \
+           /var/lib/apt/lists/* /var/cache/debconf/*-old /root/.cache \
+ && for lib in /usr/lib/python3.11 /usr/local/lib/python3.11; do \
+        rm -rf "$lib/test" "$lib/idlelib" "$lib/tkinter" "$lib/turtledemo" "$lib/lib2to3" "$lib/ensurepip"; \
+    done \
+ && python -c "import ssl, sqlite3, ctypes, json, asyncio, encodings.idna"
+
 ############################ slim ############################
-FROM python:3.11-slim AS slim
+FROM scratch AS slim
 
 LABEL org.opencontainers.image.title="pete-serve-slim" \
       org.opencontainers.image.description="pete-serve on ONNX Runtime, no torch (similarity, NLI, embeddings)" \
       org.opencontainers.image.version="0.1.0"
 
-RUN groupadd --system --gid 10001 pete \
- && useradd --system --uid 10001 --gid pete --home-dir /home/pete --create-home --shell /usr/sbin/nologin pete
-
+# The whole pruned base, on purpose: deleting in a layer above python:3.11-slim would not shrink the image.
+# hadolint ignore=DL3067
+COPY --from=slim-base / /
 COPY --from=slim-builder /opt/venv /opt/venv
 
-ENV PATH=/opt/venv/bin:$PATH \
+# FROM scratch keeps none of the base image's settings: PATH and LANG as python:3.11-slim sets them.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PETE_BACKEND=onnx \

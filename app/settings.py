@@ -63,10 +63,13 @@ class Settings(BaseSettings):
         32, ge=1, description="Most work items (texts to embed, or NLI pairs) gathered into one batch, "
                               "and most sequences in one encoder forward pass.")
     max_batch_tokens: int = Field(
-        2048, ge=1, description="Most padded tokens (rows x longest row) in one encoder forward pass; a "
+        1024, ge=1, description="Most padded tokens (rows x longest row) in one encoder forward pass; a "
                                 "batch is sorted by length and split into passes that respect it. Bounds the "
-                                "activation memory of a pass (8192 raised the service's peak RSS by ~70 MB); "
-                                "32 sentences of typical length fit in one pass.")
+                                "activation memory of a pass, and with it the peak RSS, which the warm-up's "
+                                "worst-case batch sets (ONNX int8 service: 2048 -> 1024 took it from 321 to 219 "
+                                "MiB; 8192 raised the torch service's by ~70 MB). A pair's or a full batch of "
+                                "short sentences' pass is far smaller: single-pair throughput did not change "
+                                "measurably (bench/results/memory/README.md).")
     max_padding: float | None = Field(
         None, gt=0, le=1, description="Most padding, as a fraction of a forward pass's tokens (rows x "
                                       "longest row), before a length-sorted batch is split into another pass: "

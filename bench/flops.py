@@ -40,7 +40,7 @@ import pstats
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from bench.common import DEFAULT_DATA_DIR, REPO_ROOT, RESULTS_DIR, load_sentence_pairs, markdown_table
 from loadtest.results import machine_info, write_json
@@ -313,11 +313,17 @@ def profile_runner(model: Any, texts: Sequence[str], *, batch_size: int, threads
 def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int], batch_sizes: Sequence[int],
                       seconds: float = 2.0, matmul_n: int = 1024, profile: bool = True,
                       profile_iterations: int = 20, name: str = "pete",
-                      quantize: Sequence[str] = ("none",), onnx_dir: Path | None = None) -> dict[str, Any]:
+                      quantize: Sequence[str] = ("none",), onnx_dir: Path | None = None,
+                      int8_speedup: Callable[[int, int], float] | None = None) -> dict[str, Any]:
     """Peak matmul, encoder achieved FLOP/s (materialized and not, when the kind has a table; and for
     each mode in ``quantize`` other than "none", a quantized copy as the service runs it, table
     computed; with ``onnx_dir``, the ONNX Runtime backend on those ``pete-export`` graphs), the
-    fraction of peak, and a profile (of ``model`` as given) at the largest batch size and thread count."""
+    fraction of peak, and a profile (of ``model`` as given) at the largest batch size and thread count.
+
+    int8 is measured only where the service's ``PETE_QUANTIZE=auto`` would serve it:
+    ``int8_speedup(in_features, out_features)`` (default ``model.quantize.int8_speedup``, float32 time
+    over int8 time of one layer) at least ``INT8_MIN_SPEEDUP``; otherwise the section's ``skipped``
+    says so (without VNNI, torch's int8 matmul is ~30x slower and a MiniLM sweep takes many minutes)."""
     spec = flop_spec(model)
     peaks, shapes = {}, []
     d, f = spec["dim"], spec["ffn_dim"]
@@ -346,8 +352,18 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
         set_materialized(model, mat)
         sweep(model, mat, "none")
     set_materialized(model, True)
+    skipped = []
     for mode in [q for q in quantize if q != "none" and hasattr(model, "quantize")]:
         import copy
+
+        from model.config import INT8_MIN_SPEEDUP
+
+        if int8_speedup is None:
+            from model.quantize import int8_speedup
+        if mode == "int8" and (speedup := int8_speedup(d, f)) < INT8_MIN_SPEEDUP:
+            skipped.append({"quantization": mode, "int8_speedup": speedup,
+                            "why": f"int8 {speedup:.2f}x float32 on this CPU's layer probe: not served by auto"})
+            continue
 
         qmodel = copy.deepcopy(model)  # the service quantizes a model whose table is computed
         set_materialized(qmodel, False)
@@ -362,7 +378,7 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
                          runner_fraction_of_peak=r["runner_gflops"] / peak_at[t])
                 encoder.append(r)
     out = {"model": name, "spec": spec, "matmul_peak": list(peaks.values()), "matmul_shapes": shapes,
-           "encoder": encoder}
+           "encoder": encoder, "skipped": skipped}
     if profile:
         out["profile"] = profile_runner(model, texts, batch_size=max(batch_sizes), threads=max(threads),
                                         iterations=profile_iterations)
@@ -395,6 +411,7 @@ def flops_markdown(section: dict[str, Any], title_level: str = "##") -> str:
                  ("runner_ms_per_batch", "runner ms", lambda v: f"{v:.2f}"),
                  ("runner_fraction_of_peak", "runner % peak", lambda v: f"{100 * v:.1f}%"),
                  ("runner_seq_per_s", "runner seq/s", lambda v: f"{v:,.0f}")])]
+    lines += [f"\nNot measured: {k['quantization']} ({k['why']}).\n" for k in s.get("skipped", ())]
     p = s.get("profile")
     if p:
         lines += [f"\nProfile of `TorchRunner.compute` ({p['iterations']} batches of {p['batch_size']} texts, "

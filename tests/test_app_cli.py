@@ -97,3 +97,38 @@ def test_a_checkpoint_with_nan_weights_stops_start_up_with_a_clear_message(tmp_p
     r = run("--model", str(tmp_path / "nan"), "--port", str(free_port()), env={"PETE_TORCH_THREADS": "1"}, timeout=120)
     assert r.returncode != 0
     assert "checkpoint's weights are corrupt (non-finite)" in r.stdout + r.stderr
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from app.cli import limit_malloc_arenas
+env = {} if sys.argv[1] == "default" else {"MALLOC_ARENA_MAX": sys.argv[1]}
+applied = limit_malloc_arenas(env)
+barrier = threading.Barrier(4)
+def work():  # four threads allocating from glibc's heap (50 kB: below the mmap threshold) at once
+    barrier.wait()
+    keep = [bytearray(50_000) for _ in range(50)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile("r") as f:
+    fp = ctypes.c_void_p(libc.fopen(f.name.encode(), b"w"))
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    print(applied, env.get("MALLOC_ARENA_MAX"), f.read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_arenas_are_capped_at_one_unless_the_operator_set_the_variable():
+    def probe(arg: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", ARENA_PROBE, arg], capture_output=True, text=True,
+                              check=True, cwd=ROOT, timeout=60).stdout.split()
+
+    assert probe("default") == ["1", "1", "1"]  # the variable set for the workers, one heap in this process
+    applied, value, heaps = probe("0")  # 0: glibc's own default (8 per core), left alone
+    assert (applied, value) == ("None", "0") and int(heaps) > 1
+    assert probe("3")[:2] == ["3", "3"]

@@ -92,9 +92,9 @@ def test_flops_section_smoke(tmp_path):
     model = SentenceEncoder.from_pretrained(random_checkpoint(tmp_path / "ck", dim=16, ffn_dim=24))
     texts = ["a man plays a guitar .", "a dog runs in the park", "two children sit"]
     sec = run_flops_section(model, texts, threads=[1], batch_sizes=[2], seconds=0.03, matmul_n=32,
-                            profile_iterations=2, quantize=("none", "int8"))
+                            profile_iterations=2, quantize=("none", "int8"), int8_speedup=lambda k, n: 2.0)
     assert len(sec["encoder"]) == 3  # table materialized and computed, then int8 (computed)
-    assert [r["quantization"] for r in sec["encoder"]] == ["none", "none", "int8"]
+    assert [r["quantization"] for r in sec["encoder"]] == ["none", "none", "int8"] and sec["skipped"] == []
     assert model.quantization == "none"  # the int8 rows used a copy
     assert flop_spec(model)["packed"] is True
     for r in sec["encoder"]:
@@ -103,6 +103,13 @@ def test_flops_section_smoke(tmp_path):
     md = flops_markdown(sec)
     assert "How close to the limit" in md and "aten::" in md
     assert measure_matmul(16, 16, 16, 1, seconds=0.01)["gflops"] > 0
+    # where int8 is slower than float32 (a CPU without VNNI), the service's auto would not serve it: not measured
+    probed = []
+    slow = run_flops_section(model, texts, threads=[1], batch_sizes=[2], seconds=0.03, matmul_n=32, profile=False,
+                             quantize=("none", "int8"), int8_speedup=lambda k, n: probed.append((k, n)) or 0.05)
+    assert probed == [(16, 24)] and [r["quantization"] for r in slow["encoder"]] == ["none", "none"]
+    assert [k["quantization"] for k in slow["skipped"]] == ["int8"]
+    assert "Not measured: int8 (int8 0.05x float32" in flops_markdown(slow)
 
 
 # ---- embedding study bookkeeping --------------------------------------------------------------------
@@ -209,6 +216,11 @@ def test_evaluate_targets():
                    "pete_2workers pairs/s at saturation": True, "pete_2workers p50 latency, one client (ms)": False,
                    "pete_2workers p99 latency at half saturation (ms)": False,
                    "pete_2workers service peak RSS, all processes (MiB)": True}
+    onnx = _scenario(1500.0)  # another one-worker PETE scenario gets its own ratio to the same MiniLM run
+    rows = evaluate_targets({"pete": pete, "pete_onnx": onnx, "pete_2workers": two, "minilm": _scenario(250.0)})
+    ratios = {r["target"]: (r["value"], r["met"]) for r in rows if "/ minilm" in r["target"]}
+    assert ratios == {"pete / minilm pairs/s (saturation)": (pytest.approx(4.0), False),
+                      "pete_onnx / minilm pairs/s (saturation)": (pytest.approx(6.0), True)}  # 2 workers: not like for like
     none = evaluate_targets({"pete": _scenario(10.0)})  # no minilm, no batching-off run, no latency or memory
     assert [r["met"] for r in none] == [None, None, False, None, None, None]
     agree = probe_agreement({"pete": _scenario(1.0, probe=[0.5, 0.25]),

@@ -47,9 +47,10 @@ def test_base_image_and_multistage(parsed):
     stages = _stages(parsed)
     assert len(stages) >= 2
     names = []
-    for st in stages:  # every stage starts from the same slim Python, or from an earlier stage
-        base = st[0]["value"].split()[0]
-        assert base == "python:3.11-slim" or base in names, st[0]["value"]
+    for st in stages:  # every stage starts from the same slim Python, or from an earlier stage, or
+        base = st[0]["value"].split()[0]  # from scratch, copying an earlier stage whole (the slim image)
+        copies_a_stage_whole = any(v.split()[:2] in ([f"--from={n}", "/"] for n in names) for v in _values(st, "COPY"))
+        assert base == "python:3.11-slim" or base in names or (base == "scratch" and copies_a_stage_whole), st[0]["value"]
         names.append(st[0]["value"].split()[-1])
     assert parsed.baseimage == "python:3.11-slim"
     assert stages[0][0]["value"].endswith(" AS builder")
@@ -69,7 +70,9 @@ def test_slim_target_serves_onnx_without_torch(parsed):
     assert "-r requirements-slim.lock" in runs and "torch" not in runs.replace("'torch'", "").replace("torch in", "")
     assert "find_spec('torch') is None" in runs and "model.onnx" in runs
     assert export[0]["value"].startswith("builder ") and "pete-export" in " ".join(_values(export, "RUN"))
-    assert "--from=slim-builder /opt/venv /opt/venv" in _values(slim, "COPY")
+    assert _values(slim, "COPY")[:2] == ["--from=slim-base / /", "--from=slim-builder /opt/venv /opt/venv"]
+    base_runs = " ".join(_values(_stage(parsed, "slim-base"), "RUN"))  # the pruned base keeps what serving imports
+    assert "useradd" in base_runs and "import ssl, sqlite3, ctypes, json, asyncio" in base_runs
     env = " ".join(_values(slim, "ENV"))
     assert "PETE_BACKEND=onnx" in env and "PETE_WORKERS=2" in env
     assert _values(slim, "USER") == ["10001:10001"]

@@ -12,7 +12,7 @@
 #     that folder is served on 127.0.0.1 for the build (which then uses the host network);
 #   - a CA bundle in pip's configuration (a host that intercepts TLS): mounted into the build and
 #     passed as PIP_CERT (podman).
-# --report FILE writes {engine, tag, size_bytes, build_seconds, base_image_bytes} as JSON; --target slim builds the
+# --report FILE writes {engine, tag, size_bytes, build_seconds, base_image_bytes, layer_bytes (podman)} as JSON; --target slim builds the
 # torch-free ONNX Runtime image (the Dockerfile's slim stage) instead of the default runtime one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -91,13 +91,21 @@ fi
 seconds=$(( $(date +%s) - start ))
 size="$("$engine" image inspect --format '{{.Size}}' "$tag")"
 base_size="$("$engine" image inspect --format '{{.Size}}' python:3.11-slim 2>/dev/null || echo 0)"
+history="$("$engine" history --format json "$tag" 2>/dev/null || echo '[]')"
 echo "built $tag with $engine in ${seconds}s: $(( size / 1000000 )) MB"
 if [ -n "$report" ]; then
-  python3 - "$report" "$engine" "$("$engine" --version)" "$tag" "$size" "$seconds" "$base_size" <<'PY'
+  python3 - "$report" "$engine" "$("$engine" --version)" "$tag" "$size" "$seconds" "$base_size" "$history" <<'PY'
 import json, sys
-path, engine, version, tag, size, seconds, base = sys.argv[1:]
-json.dump({"engine": engine, "engine_version": version, "tag": tag, "size_bytes": int(size),
-           "build_seconds": int(seconds), "base_image_bytes": int(base)}, open(path, "w"), indent=2)
+path, engine, version, tag, size, seconds, base, history = sys.argv[1:]
+try:  # podman: one JSON list, newest layer first, sizes in bytes (docker prints "187MB": not recorded)
+    layers = [int(layer["size"]) for layer in reversed(json.loads(history)) if int(layer["size"]) > 0]
+except (ValueError, KeyError, TypeError):
+    layers = None
+report = {"engine": engine, "engine_version": version, "tag": tag, "size_bytes": int(size),
+          "build_seconds": int(seconds), "base_image_bytes": int(base)}
+if layers:
+    report["layer_bytes"] = layers  # the non-empty layers, oldest first
+json.dump(report, open(path, "w"), indent=2)
 open(path, "a").write("\n")
 PY
 fi
