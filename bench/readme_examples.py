@@ -13,8 +13,8 @@ cut to their first ``KEEP`` and a ``"... N more"`` marker, so a 256-float embedd
 the block stays valid JSON. ``-i`` adds the status line and the content type.
 
 ``tests/test_readme_examples.py`` runs every example against the bundled checkpoint served with the
-default settings and fails when an answer differs (numbers within ``TOLERANCE``: int8 kernels may
-differ in the last digits between CPUs).
+default settings but float32 weights (``EXAMPLE_SETTINGS``) and fails when an answer differs (numbers
+within ``TOLERANCE``: float kernels may differ in the last digits between CPUs).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import httpx
 from bench.common import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
-# The service defaults, but int8 on every CPU (the default "auto" picks float32 where int8 is slow):
-# README's outputs must not depend on the machine that wrote them.
-EXAMPLE_SETTINGS = {"PETE_TORCH_THREADS": "1", "PETE_QUANTIZE": "int8"}
+# The service defaults, but float32 on every CPU: README's outputs must not depend on the machine that
+# wrote them. float32 answers agree across CPUs to ~1e-6; int8 ones do not (a float difference of 1e-6
+# upstream flips the odd activation's rounding: the same int8 model scored 1.1e-3 apart on an AVX2 and
+# an AVX512-VNNI host), and "auto" picks int8 or float32 by the CPU.
+EXAMPLE_SETTINGS = {"PETE_TORCH_THREADS": "1", "PETE_QUANTIZE": "none"}
 README_URL = "http://127.0.0.1:8000"
 MAX_LIST, KEEP = 8, 3
 TOLERANCE = 1e-3
