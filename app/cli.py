@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from importlib import metadata
@@ -93,6 +94,50 @@ def limit_malloc_arenas(environ=os.environ) -> int | None:
     return None
 
 
+QUANTIZE_PROBE = "from app.cli import print_resolved_quantization; print_resolved_quantization()"
+
+
+def print_resolved_quantization() -> None:
+    """Load the runner that the settings (environment) name and print the quantization its load
+    resolved (``none`` or ``int8``): what ``shared_quantization`` runs in a child process."""
+    from app.service import default_runner
+    from app.settings import Settings
+
+    runner = default_runner(Settings(), None)
+    runner.load()
+    print(runner.info().quantization)
+
+
+def shared_quantization(workers: int, quantize: str, environ=os.environ, timeout_s: float = 300.0) -> str | None:
+    """With several workers and ``PETE_QUANTIZE=auto``, resolve ``auto`` once and set the result in
+    ``environ`` (``PETE_QUANTIZE``), so that every worker serves the same weights.
+
+    Each worker would otherwise time int8 against float32 on its own, while the others load and time
+    theirs: measured with two ONNX workers, one picked int8 and the other float32, and the same request
+    got scores 0.015 apart depending on which worker answered it (tests/test_deploy_image.py caught it).
+    The measurement runs in a child process (``QUANTIZE_PROBE``), alone, before the workers start;
+    the supervising process imports neither torch nor ONNX Runtime. It costs one model load at start-up
+    (a few seconds).
+
+    Returns the mode set, or None: one worker, a mode other than ``auto``, or a probe that failed (each
+    worker then resolves ``auto`` itself, and a broken checkpoint fails there with its own message).
+    """
+    from model.config import QUANTIZATION_MODES
+
+    if workers <= 1 or quantize != "auto":
+        return None
+    try:
+        probe = subprocess.run([sys.executable, "-c", QUANTIZE_PROBE], env=dict(environ), capture_output=True,
+                               text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = probe.stdout.split()
+    if probe.returncode != 0 or not lines or lines[-1] not in QUANTIZATION_MODES:
+        return None
+    environ["PETE_QUANTIZE"] = lines[-1]
+    return lines[-1]
+
+
 class StartupError(ValueError):
     """A setting is invalid or the checkpoint directory lacks a file; the message says which."""
 
@@ -141,6 +186,7 @@ def main(argv: list[str] | None = None, factory: str = APP_FACTORY) -> int:
         print(f"pete-serve: {e}", file=sys.stderr)
         return 2
     limit_malloc_arenas()
+    shared_quantization(settings.workers, settings.quantize)
     import uvicorn
 
     # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal; with the

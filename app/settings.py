@@ -52,7 +52,8 @@ class Settings(BaseSettings):
                             "model's layer shape finds it faster (model.quantize.resolve_quantization), "
                             "else float32; /info says which. With PETE_BACKEND=onnx: the same scheme in "
                             "pete-export's model_int8.onnx (model/onnx_int8.py), `auto` timing both graphs "
-                            "on probe batches at load.")
+                            "on probe batches at load. With several workers pete-serve resolves `auto` once, before "
+                            "starting them, so that all serve the same weights (app.cli.shared_quantization).")
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default (one per core). 1 "
                              "measured best (bench/results/torch_threads: the event loop needs a core of its "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from app.cli import metrics_directory
+from app.cli import metrics_directory, shared_quantization
 from conftest import wait_ready
 from loadtest.fixtures import random_checkpoint
 from loadtest.prom import parse_metrics
@@ -88,6 +88,9 @@ def test_pete_serve_with_two_workers_reports_every_request_from_any_worker(tmp_p
                            headers={"connection": "close"}, timeout=30)
             assert r.status_code == 200
         series = 'pete_request_duration_seconds_count{endpoint="/similarity",status="200"}'
+        modes = {httpx.get(f"{url}/info", headers={"connection": "close"}, timeout=30).json()["quantization"]
+                 for _ in range(8)}
+        assert len(modes) == 1  # auto resolved once for both workers (app.cli.shared_quantization)
         for _ in range(8):  # whichever worker answers the scrape, it reports both workers' requests
             text = httpx.get(f"{url}/metrics", headers={"connection": "close"}, timeout=30).text
             assert sample(text, series) == n
@@ -97,3 +100,18 @@ def test_pete_serve_with_two_workers_reports_every_request_from_any_worker(tmp_p
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-2000:]
     assert not list(tmp_path.glob("pete-metrics-*"))  # removed at exit
+
+
+def test_auto_quantization_is_resolved_once_for_all_workers(tmp_path):
+    """PETE_QUANTIZE=auto with several workers: a child process loads the model once and times it; its
+    choice goes into the environment every worker inherits. One worker or an explicit mode: untouched."""
+    ckpt = random_checkpoint(tmp_path / "tiny")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PETE_")}
+    env.update(PETE_MODEL_PATH=str(ckpt), PETE_TORCH_THREADS="1", PYTHONPATH=str(ROOT))
+    assert shared_quantization(1, "auto", environ=env) is None and "PETE_QUANTIZE" not in env
+    assert shared_quantization(2, "int8", environ=env) is None and "PETE_QUANTIZE" not in env
+    mode = shared_quantization(2, "auto", environ=env)
+    assert mode in ("none", "int8") and env["PETE_QUANTIZE"] == mode
+    broken = {**env, "PETE_MODEL_PATH": str(tmp_path / "missing")}
+    broken.pop("PETE_QUANTIZE")
+    assert shared_quantization(2, "auto", environ=broken) is None and "PETE_QUANTIZE" not in broken
