@@ -320,9 +320,9 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
     computed; with ``onnx_dir``, the ONNX Runtime backend on those ``pete-export`` graphs), the
     fraction of peak, and a profile (of ``model`` as given) at the largest batch size and thread count.
 
-    int8 is measured only where the service's ``PETE_QUANTIZE=auto`` would serve it:
-    ``int8_speedup(in_features, out_features)`` (default ``model.quantize.int8_speedup``, float32 time
-    over int8 time of one layer) at least ``INT8_MIN_SPEEDUP``; otherwise the section's ``skipped``
+    int8 is measured only where the service's ``PETE_QUANTIZE=auto`` would serve it
+    (``model.config.resolve_quantization_mode`` on ``int8_speedup(in_features, out_features)``, default
+    ``model.quantize.int8_speedup``: float32 time over int8 time of one layer); otherwise the section's ``skipped``
     says so (without VNNI, torch's int8 matmul is ~30x slower and a MiniLM sweep takes many minutes)."""
     spec = flop_spec(model)
     peaks, shapes = {}, []
@@ -356,14 +356,15 @@ def run_flops_section(model: Any, texts: Sequence[str], *, threads: Sequence[int
     for mode in [q for q in quantize if q != "none" and hasattr(model, "quantize")]:
         import copy
 
-        from model.config import INT8_MIN_SPEEDUP
+        from model.config import resolve_quantization_mode
+        from model.quantize import int8_speedup as measured_speedup
 
-        if int8_speedup is None:
-            from model.quantize import int8_speedup
-        if mode == "int8" and (speedup := int8_speedup(d, f)) < INT8_MIN_SPEEDUP:
-            skipped.append({"quantization": mode, "int8_speedup": speedup,
-                            "why": f"int8 {speedup:.2f}x float32 on this CPU's layer probe: not served by auto"})
-            continue
+        if mode == "int8":  # the service's own rule for auto, on this CPU's measurement
+            speedup = (int8_speedup or measured_speedup)(d, f)
+            if resolve_quantization_mode("auto", lambda: speedup) != "int8":
+                skipped.append({"quantization": mode, "int8_speedup": speedup,
+                                "why": f"int8 {speedup:.2f}x float32 on this CPU's layer probe: not served by auto"})
+                continue
 
         qmodel = copy.deepcopy(model)  # the service quantizes a model whose table is computed
         set_materialized(qmodel, False)
