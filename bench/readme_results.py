@@ -154,17 +154,17 @@ def image_block(reports: dict[str, dict]) -> str:
     """The container images' sizes and build times, as ``make image`` and ``make image-slim`` last
     measured them."""
     r, slim = reports["image"], reports["image_slim"]
+    layers = slim.get("layer_bytes", [])  # podman only: the pruned base, then the service
+    if len(layers) == 2:
+        parts = (f": `python:3.11-slim` pruned of what a server never reads, as one layer of {layers[0] / 1e6:.0f} MB "
+                 f"(the base image as this machine has it: {slim.get('base_image_bytes', 0) / 1e6:.0f} MB), and the "
+                 f"service, {layers[1] / 1e6:.0f} MB (ONNX Runtime and numpy are two thirds of it)")
+    else:  # the slim image holds a pruned copy of the base, so the base image's size would not split it
+        parts = " (its layer sizes were not recorded: the build script reads them from podman)"
     return (f"Measured by `make image` (`deploy/image/report.json`): **{r['size_bytes'] / 1e9:.2f} GB**, built with "
             f"{r['engine_version']} in {r['build_seconds']} s (that build's wall time, cached layers included). Nearly all of it is the "
             f"virtual environment, mostly torch. The slim target (`make image-slim`, `deploy/image/report-slim.json`: "
-            f"ONNX Runtime, no torch): **{slim['size_bytes'] / 1e6:.0f} MB**, built in {slim['build_seconds']} s: "
-            + (f"`python:3.11-slim` pruned of what a server never reads, as one layer of "
-               f"{slim['layer_bytes'][0] / 1e6:.0f} MB (the base image as this machine has it: "
-               f"{slim.get('base_image_bytes', 0) / 1e6:.0f} MB), and the service, {slim['layer_bytes'][1] / 1e6:.0f} MB "
-               if len(slim.get("layer_bytes", ())) == 2 else
-               f"{slim.get('base_image_bytes', 0) / 1e6:.0f} MB of it is the `python:3.11-slim` base image as this "
-               f"machine has it and {(slim['size_bytes'] - slim.get('base_image_bytes', 0)) / 1e6:.0f} MB the service ")
-            + "(ONNX Runtime and numpy are two thirds of it).\n")
+            f"ONNX Runtime, no torch): **{slim['size_bytes'] / 1e6:.0f} MB**, built in {slim['build_seconds']} s{parts}.\n")
 
 
 def backends_block(reports: dict[str, dict]) -> str:
