@@ -131,11 +131,11 @@ def shared_quantization(workers: int, quantize: str, environ=os.environ, timeout
                                text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return None
-    lines = probe.stdout.split()
-    if probe.returncode != 0 or not lines or lines[-1] not in QUANTIZATION_MODES:
+    printed = probe.stdout.split()
+    if probe.returncode != 0 or not printed or printed[-1] not in QUANTIZATION_MODES:
         return None
-    environ["PETE_QUANTIZE"] = lines[-1]
-    return lines[-1]
+    environ["PETE_QUANTIZE"] = printed[-1]
+    return printed[-1]
 
 
 class StartupError(ValueError):
